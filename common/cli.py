@@ -1,0 +1,95 @@
+"""One command-line shape for every method: `python -m methods.<m> <command> [hydra overrides]`.
+
+The dispatcher picks the command, composes conf/<method>.yaml with Hydra (so sweeps, launchers and run dirs behave as
+Hydra users expect), validates the result against the method's schema, seeds, runs the command and writes
+results.json + summary.md into the run dir. Bad input ends as one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from common.config import validate
+from common.errors import UserError
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@dataclass(frozen=True)
+class Command:
+    fn: Callable[[DictConfig, Path], dict[str, float] | None]
+    help: str
+
+
+def _usage(method: str, commands: dict[str, Command]) -> str:
+    width = max(len(name) for name in commands)
+    lines = [f"usage: python -m methods.{method} <command> [hydra overrides]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {cmd.help}" for name, cmd in commands.items()]
+    lines += ["", f"overrides: key=value, +model=<name>, -m for a sweep; config: conf/{method}.yaml"]
+    return "\n".join(lines)
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _check_composes(method: str, overrides: list[str]) -> None:
+    """Compose once up front so that a mistyped override key fails in one line, before Hydra's multi-line report."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    plain = [o for o in overrides if not o.startswith("-") and not o.startswith("hydra")]
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+            compose(config_name=method, overrides=plain)
+    except (HydraException, OmegaConfBaseException) as e:
+        fail(f"config: {str(e).splitlines()[0]}")
+
+
+def main(method: str, commands: dict[str, Command], schema: type, argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage(method, commands))
+        sys.exit(0 if argv else 2)
+    name, overrides = argv[0], argv[1:]
+    if name not in commands:
+        fail(f"unknown command '{name}' for methods.{method}; valid commands: {', '.join(commands)}")
+    overrides = [f"+command={name}", *overrides]
+    multirun = any(o in ("-m", "--multirun") for o in overrides)
+    if not multirun and not any(o in ("--help", "-h", "--cfg", "-c", "--info") or o.startswith("--cfg") for o in overrides):
+        _check_composes(method, overrides)
+    if not any(o.startswith("hydra.run.dir=") for o in overrides):
+        overrides.append(f"hydra.run.dir=outputs/{method}/{name}/${{now:%Y-%m-%d_%H-%M-%S}}")
+    if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
+        overrides.append(f"hydra.sweep.dir=multirun/{method}/{name}/${{now:%Y-%m-%d_%H-%M-%S}}")
+
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    def job(cfg: DictConfig) -> dict | None:
+        try:
+            cfg = validate(cfg, schema)
+            run_dir = Path(HydraConfig.get().runtime.output_dir)
+            from accelerate.utils import set_seed
+
+            set_seed(cfg.seed)
+            metrics = commands[name].fn(cfg, run_dir) or {}
+        except UserError as e:
+            fail(str(e))
+        from common.results import write_results
+        from common.dist import is_main_process
+
+        if is_main_process():
+            summary = write_results(run_dir, f"{method} {name}", metrics, OmegaConf.to_container(cfg, resolve=True))
+            print(summary)
+            print(f"\nrun dir: {run_dir}")
+        return metrics
+
+    sys.argv = [f"methods.{method}", *overrides]
+    hydra.main(config_path=CONF_DIR, config_name=method, version_base=None)(job)()

@@ -1,0 +1,69 @@
+"""Metric loggers: csv (default), wandb (offline unless the user turns it online), none."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Protocol
+
+from common.config import LoggerConfig
+from common.dist import is_main_process
+from common.errors import UserError
+
+
+class Logger(Protocol):
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class NullLogger:
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class CsvLogger:
+    """Appends `step,metric,value` rows: a long format survives new metric names and a crash mid-run."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.write_text("step,metric,value\n")
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        with self.path.open("a", newline="") as f:
+            writer = csv.writer(f)
+            for k, v in metrics.items():
+                writer.writerow([step, k, v])
+
+    def finish(self) -> None:
+        pass
+
+
+class WandbLogger:
+    def __init__(self, cfg: LoggerConfig, run_dir: Path, config: dict[str, Any]):
+        import wandb
+
+        if cfg.mode not in ("offline", "online", "disabled"):
+            raise UserError(f"logger.mode: '{cfg.mode}' is not one of offline, online, disabled")
+        self.run = wandb.init(project=cfg.project, entity=cfg.entity, mode=cfg.mode, dir=str(run_dir), config=config)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.run.log(metrics, step=step)
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+def make_logger(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any] | None = None) -> Logger:
+    """Only the main process logs; the others get a NullLogger."""
+    if cfg.kind not in ("csv", "wandb", "none"):
+        raise UserError(f"logger.kind: '{cfg.kind}' is not one of csv, wandb, none")
+    if cfg.kind == "none" or not is_main_process():
+        return NullLogger()
+    if cfg.kind == "csv":
+        return CsvLogger(Path(run_dir) / "metrics.csv")
+    return WandbLogger(cfg, Path(run_dir), config or {})

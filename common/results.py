@@ -1,0 +1,45 @@
+"""results.json and summary.md: what every command leaves in its run dir."""
+from __future__ import annotations
+
+import importlib.metadata
+import math
+from pathlib import Path
+from typing import Any
+
+from common.io import write_json
+
+_PACKAGES = ("torch", "transformers", "peft", "accelerate", "timm", "hydra-core", "scikit-learn", "openslide-python")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def format_number(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+            return f"{value:.3e}"
+        return f"{value:.4f}"
+    return str(value)
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(format_number(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(run_dir: Path, title: str, metrics: dict[str, float], config: dict) -> str:
+    """Write results.json (flat metrics, resolved config, package versions) and summary.md; return the summary."""
+    write_json(run_dir / "results.json", {"metrics": metrics, "config": config, "versions": package_versions()})
+    summary = f"# {title}\n\n" + (markdown_table(["metric", "value"], [[k, v] for k, v in metrics.items()]) if metrics else "(no metrics)")
+    (run_dir / "summary.md").write_text(summary + "\n", encoding="utf-8")
+    return summary

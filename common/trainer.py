@@ -1,0 +1,293 @@
+"""One trainer for every method, on `accelerate`.
+
+A method describes its job as a Task (model, data, a loss function, an optional evaluate) and calls fit(). The trainer
+owns everything else: DDP/FSDP through accelerate, gradient accumulation, mixed precision, clipping, the schedule,
+periodic evaluation, the best checkpoint, exact resume, and a clean stop on a non-finite loss.
+
+Data order is a pure function of (seed, epoch, step), so a resumed run sees exactly the batches an uninterrupted run
+would have seen. The trainer shards batches over processes itself: one optimizer step consumes
+`batch_size * grad_accum * num_processes` examples, split rank by rank, so N processes with batch_size b take the same
+steps as one process with batch_size N*b.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from common.config import TrainerConfig
+from common.errors import UserError
+from common.loggers import Logger, NullLogger
+
+__all__ = ["Task", "FitResult", "TrainerConfig", "NonFiniteLoss", "fit", "batches_for_step"]
+
+
+class NonFiniteLoss(UserError):
+    """The loss or the gradient norm became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class Task:
+    model: torch.nn.Module
+    train_data: Sequence
+    collate: Callable[[list], Any]
+    loss: Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None
+    frozen: list[torch.nn.Module] = field(default_factory=list)
+
+
+@dataclass
+class FitResult:
+    model: torch.nn.Module
+    metrics: dict[str, float]
+    steps: int
+
+
+def batches_for_step(n: int, step: int, steps_per_epoch: int, global_batch: int, seed: int) -> list[int]:
+    """Indices of one optimizer step's global batch. Each epoch is a seeded permutation, wrapped to fill the last batch."""
+    epoch, pos = divmod(step, steps_per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    need = steps_per_epoch * global_batch
+    order = (order * math.ceil(need / n))[:need]
+    return order[pos * global_batch : (pos + 1) * global_batch]
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _optimizer(params_with_names: list[tuple[str, torch.nn.Parameter]], cfg: TrainerConfig) -> torch.optim.Optimizer:
+    # As in the HF Trainer: no weight decay on biases and norm weights (1-d parameters).
+    decay = [p for _, p in params_with_names if p.ndim >= 2]
+    no_decay = [p for _, p in params_with_names if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kinds = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+    if cfg.optimizer not in kinds:
+        raise UserError(f"trainer.optimizer: unknown optimizer '{cfg.optimizer}'; valid: {', '.join(kinds)}")
+    if cfg.optimizer == "adam":
+        # torch.optim.Adam applies L2 (not decoupled) weight decay, as the official M4 code relies on.
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return kinds[cfg.optimizer](groups, lr=cfg.lr)
+
+
+def _without_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory (tied embeddings); keep the first name of each."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for k, v in state.items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset())
+        if key in seen:
+            continue
+        seen.add(key)
+        out[k] = v.detach().contiguous().cpu()
+    return out
+
+
+def _load_weights(model: torch.nn.Module, path: Path) -> None:
+    missing, unexpected = model.load_state_dict(load_file(path), strict=False)
+    tied = {k for k, v in model.state_dict().items()} - set(_without_shared(model.state_dict()))
+    if unexpected or set(missing) - tied:
+        raise UserError(f"{path}: weights do not fit the model (missing {sorted(set(missing) - tied)[:5]}, unexpected {unexpected[:5]})")
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "python": list(random.getstate()[1]),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))
+
+
+def _as_config(cfg: TrainerConfig | DictConfig | dict) -> TrainerConfig:
+    if isinstance(cfg, TrainerConfig):
+        return cfg
+    merged = OmegaConf.merge(OmegaConf.structured(TrainerConfig), cfg)
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def fit(task: Task, cfg: TrainerConfig | DictConfig | dict, out_dir: str | Path, logger: Logger | None = None) -> FitResult:
+    """Train task.model; checkpoints and metrics go under out_dir. Resumes from out_dir/checkpoints/last if present."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
+    from transformers import get_scheduler
+
+    cfg = _as_config(cfg)
+    out_dir = Path(out_dir)
+    logger = logger or NullLogger()
+    if len(task.train_data) == 0:
+        raise UserError("training data is empty")
+    if cfg.grad_accum < 1 or cfg.batch_size < 1:
+        raise UserError(f"trainer: batch_size ({cfg.batch_size}) and grad_accum ({cfg.grad_accum}) must be >= 1")
+    if cfg.best_mode not in ("max", "min"):
+        raise UserError(f"trainer.best_mode: '{cfg.best_mode}' is neither max nor min")
+
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # without it accelerate ignores torchrun on CPU-only hosts (no gloo DDP)
+        mixed_precision=_precision(cfg.mixed_precision),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.ddp_find_unused_parameters)],
+    )
+    world, rank = accelerator.num_processes, accelerator.process_index
+    n = len(task.train_data)
+    global_batch = cfg.batch_size * cfg.grad_accum * world
+    steps_per_epoch = math.ceil(n / global_batch)
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    warmup = max(cfg.warmup_steps, int(round(cfg.warmup_epochs * steps_per_epoch)))
+
+    ckpt_dir, best_dir = out_dir / "checkpoints" / "last", out_dir / "checkpoints" / "best"
+    state = {"step": 0, "best": None, "best_step": None, "metrics": {}}
+    resuming = cfg.resume and (ckpt_dir / "state.json").is_file()
+    model = task.model
+    if resuming:
+        state = json.loads((ckpt_dir / "state.json").read_text())
+        _load_weights(model, ckpt_dir / "model.safetensors")
+
+    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise UserError("the model has no trainable parameters")
+    optimizer = _optimizer(named, cfg)
+    # Built on the raw optimizer and stepped once per optimizer step by us (accelerate's wrapper would step it
+    # once per process).
+    scheduler = get_scheduler(
+        cfg.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
+        scheduler_specific_kwargs=dict(cfg.scheduler_kwargs) or None,
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    for frozen in task.frozen:
+        frozen.to(accelerator.device).eval().requires_grad_(False)
+    if resuming:
+        optimizer.load_state_dict(torch.load(ckpt_dir / f"optimizer.rank{rank}.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(ckpt_dir / "scheduler.pt", weights_only=True))
+        _set_rng_state(torch.load(ckpt_dir / f"rng.rank{rank}.pt", weights_only=True))
+
+    def save_checkpoint(step: int) -> None:
+        weights = _without_shared(accelerator.get_state_dict(model))
+        tmp = out_dir / "checkpoints" / f"tmp-{step}"
+        if accelerator.is_main_process:
+            tmp.mkdir(parents=True, exist_ok=True)
+            save_file(weights, tmp / "model.safetensors")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        accelerator.wait_for_everyone()
+        torch.save(optimizer.state_dict(), tmp / f"optimizer.rank{rank}.pt")
+        torch.save(_rng_state(), tmp / f"rng.rank{rank}.pt")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            # state.json is written last: a checkpoint without it is incomplete and never resumed from.
+            (tmp / "state.json").write_text(json.dumps({**state, "step": step}))
+            old = ckpt_dir.with_name("last.old")
+            if ckpt_dir.exists():
+                ckpt_dir.rename(old)
+            tmp.rename(ckpt_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    def run_eval(step: int) -> None:
+        if task.evaluate is None:
+            return
+        model.eval()
+        with torch.no_grad(), accelerator.autocast():
+            metrics = task.evaluate(accelerator.unwrap_model(model))
+        model.train()
+        metrics = broadcast_object_list([metrics])[0]
+        state["metrics"] = metrics
+        logger.log({f"eval/{k}": v for k, v in metrics.items()}, step)
+        if cfg.best_metric is None:
+            return
+        if cfg.best_metric not in metrics:
+            raise UserError(f"trainer.best_metric: '{cfg.best_metric}' not among evaluated metrics {sorted(metrics)}")
+        value, best = metrics[cfg.best_metric], state["best"]
+        if best is None or (value > best if cfg.best_mode == "max" else value < best):
+            state.update(best=value, best_step=step)
+            weights = _without_shared(accelerator.get_state_dict(model))
+            if accelerator.is_main_process:
+                best_dir.mkdir(parents=True, exist_ok=True)
+                save_file(weights, best_dir / "model.safetensors")
+                (best_dir / "metrics.json").write_text(json.dumps({"step": step, **metrics}))
+            accelerator.wait_for_everyone()
+
+    model.train()
+    progress = tqdm(total=total_steps, initial=state["step"], disable=not (cfg.progress and accelerator.is_main_process))
+    running: float | None = None
+    for step in range(state["step"], total_steps):
+        indices = batches_for_step(n, step, steps_per_epoch, global_batch, cfg.seed)
+        step_loss = torch.zeros(2, device=accelerator.device)  # [sum of micro losses, non-finite flag]
+        logs: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            start = (micro * world + rank) * cfg.batch_size
+            batch = _to_device(task.collate([task.train_data[i] for i in indices[start : start + cfg.batch_size]]), accelerator.device)
+            sync = micro == cfg.grad_accum - 1
+            with (accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext()), accelerator.autocast():
+                loss, logs = task.loss(model, batch)
+            if not torch.isfinite(loss.detach()):
+                step_loss[1] = 1  # still run backward: under DDP every rank must reach the same all-reduce
+            accelerator.backward(loss / cfg.grad_accum)
+            step_loss[0] += loss.detach().float() / cfg.grad_accum
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+        if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)):
+            step_loss[1] = 1
+        step_loss = accelerator.reduce(step_loss, reduction="sum")
+        if step_loss[1] > 0:
+            progress.close()
+            where = f"last good checkpoint: {ckpt_dir}" if ckpt_dir.is_dir() else "no checkpoint was saved before it"
+            raise NonFiniteLoss(f"loss became non-finite at step {step}; training stopped, {where}")
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        mean_loss = step_loss[0].item() / world
+        running = mean_loss if running is None else 0.9 * running + 0.1 * mean_loss
+        progress.update(1)
+        progress.set_postfix(loss=f"{running:.4f}")
+        if done % cfg.log_every == 0 or done == total_steps:
+            logger.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0], **{f"train/{k}": v for k, v in logs.items()}}, done)
+        end_of_epoch = done % steps_per_epoch == 0 or done == total_steps
+        if done == total_steps or (done % cfg.eval_every == 0 if cfg.eval_every > 0 else end_of_epoch):
+            run_eval(done)
+        if (cfg.save_every > 0 and done % cfg.save_every == 0) or (cfg.save_every == 0 and end_of_epoch):
+            state["step"] = done
+            save_checkpoint(done)
+    progress.close()
+
+    unwrapped = accelerator.unwrap_model(model)
+    metrics = dict(state["metrics"])
+    if cfg.best_metric is not None and state["best_step"] is not None:
+        accelerator.wait_for_everyone()
+        _load_weights(unwrapped, best_dir / "model.safetensors")
+        metrics = json.loads((best_dir / "metrics.json").read_text())
+    if running is not None:
+        metrics["train/loss"] = running
+    return FitResult(model=unwrapped, metrics=metrics, steps=total_steps)

@@ -1,0 +1,104 @@
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.trainer import NonFiniteLoss, TrainerConfig, batches_for_step, fit
+from tests.common.toy import flat_params, mse, toy_task
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cfg(**kw) -> TrainerConfig:
+    base = dict(epochs=3, batch_size=8, lr=0.05, optimizer="adamw", scheduler="linear", warmup_steps=2, progress=False)
+    return TrainerConfig(**{**base, **kw})
+
+
+def test_batches_cover_every_example_once_per_epoch():
+    n, gb = 37, 8
+    steps = math.ceil(n / gb)
+    seen = [i for s in range(steps) for i in batches_for_step(n, s, steps, gb, seed=1)]
+    assert sorted(set(seen)) == list(range(n)) and len(seen) == steps * gb
+    assert batches_for_step(n, steps, steps, gb, 1) != batches_for_step(n, 0, steps, gb, 1)  # reshuffled next epoch
+
+
+def test_training_reduces_loss(tmp_path):
+    task = toy_task()
+    x, y = torch.stack([a for a, _ in task.train_data]), torch.stack([b for _, b in task.train_data])
+    before = torch.nn.functional.mse_loss(task.model(x), y).item()
+    result = fit(task, cfg(epochs=20), tmp_path)
+    after = torch.nn.functional.mse_loss(result.model(x), y).item()
+    assert after < 0.5 * before
+
+
+def test_resume_after_crash_gives_the_same_weights(tmp_path):
+    # Dropout makes the result depend on the restored RNG state, not just weights and optimizer.
+    reference = fit(toy_task(dropout=0.3), cfg(save_every=2), tmp_path / "straight").model
+
+    calls = {"n": 0}
+
+    def crashing(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 8:  # during step 8, after the step-6 checkpoint
+            raise RuntimeError("simulated crash")
+        return mse(model, batch)
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(toy_task(dropout=0.3, loss=crashing), cfg(save_every=2), tmp_path / "crashed")
+    assert json.loads((tmp_path / "crashed/checkpoints/last/state.json").read_text())["step"] == 6
+    resumed = fit(toy_task(dropout=0.3), cfg(save_every=2), tmp_path / "crashed").model
+    torch.testing.assert_close(flat_params(resumed), flat_params(reference), rtol=0, atol=0)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    calls = {"n": 0}
+
+    def going_nan(model, batch):
+        calls["n"] += 1
+        loss, logs = mse(model, batch)
+        return (loss * float("nan") if calls["n"] >= 4 else loss), logs
+
+    with pytest.raises(NonFiniteLoss, match="step 3"):
+        fit(toy_task(loss=going_nan), cfg(save_every=1), tmp_path)
+    state = json.loads((tmp_path / "checkpoints/last/state.json").read_text())
+    assert state["step"] == 3
+    from safetensors.torch import load_file
+
+    assert all(torch.isfinite(t).all() for t in load_file(tmp_path / "checkpoints/last/model.safetensors").values())
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+    big = fit(toy_task(), cfg(batch_size=8, grad_accum=1, optimizer="sgd"), tmp_path / "big").model
+    acc = fit(toy_task(), cfg(batch_size=2, grad_accum=4, optimizer="sgd"), tmp_path / "acc").model
+    torch.testing.assert_close(flat_params(acc), flat_params(big), rtol=1e-5, atol=1e-6)
+
+
+def test_best_checkpoint_is_loaded_back(tmp_path):
+    scores = iter([0.1, 0.9, 0.3])
+    seen = {}
+
+    def evaluate(model):
+        score = next(scores)
+        seen[score] = flat_params(model).clone()
+        return {"score": score}
+
+    result = fit(toy_task(evaluate=evaluate), cfg(epochs=3, best_metric="score"), tmp_path)
+    assert result.metrics["score"] == 0.9
+    torch.testing.assert_close(flat_params(result.model), seen[0.9])
+
+
+def test_ddp_two_processes_match_one_process(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(REPO / "tests/common/ddp_worker.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"params.rank{r}.pt", weights_only=True) for r in (0, 1))
+    torch.testing.assert_close(rank0, rank1, rtol=0, atol=0)
+    single = fit(toy_task(), TrainerConfig(epochs=3, batch_size=8, lr=0.05, optimizer="sgd", scheduler="constant", progress=False), tmp_path / "single").model
+    torch.testing.assert_close(rank0, flat_params(single), rtol=1e-5, atol=1e-6)
