@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from common.config import validate
+from common.dist import export_slurm_distributed_env, is_main_process
 from common.errors import UserError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -75,6 +76,7 @@ def main(method: str, commands: dict[str, Command], schema: type, argv: list[str
     def job(cfg: DictConfig) -> dict | None:
         try:
             cfg = validate(cfg, schema)
+            export_slurm_distributed_env()
             run_dir = Path(HydraConfig.get().runtime.output_dir)
             from accelerate.utils import set_seed
 
@@ -83,7 +85,6 @@ def main(method: str, commands: dict[str, Command], schema: type, argv: list[str
         except UserError as e:
             fail(str(e))
         from common.results import write_results
-        from common.dist import is_main_process
 
         if is_main_process():
             summary = write_results(run_dir, f"{method} {name}", metrics, OmegaConf.to_container(cfg, resolve=True))

@@ -1,4 +1,4 @@
-"""Process-rank facts that work with or without an initialised process group (torchrun sets the env vars)."""
+"""Process-rank facts that work with or without an initialised process group."""
 import os
 
 
@@ -8,3 +8,12 @@ def rank() -> int:
 
 def is_main_process() -> bool:
     return rank() == 0
+
+
+def export_slurm_distributed_env() -> None:
+    """Inside a Slurm job launched by submitit with several tasks, set RANK/WORLD_SIZE/MASTER_ADDR like torchrun does,
+    so each task becomes one DDP rank of the accelerate trainer."""
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "RANK" not in os.environ:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export()

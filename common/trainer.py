@@ -162,6 +162,9 @@ def fit(task: Task, cfg: TrainerConfig | DictConfig | dict, out_dir: str | Path,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.ddp_find_unused_parameters)],
     )
     world, rank = accelerator.num_processes, accelerator.process_index
+    if accelerator.state.deepspeed_plugin is not None:
+        # DeepSpeed wants the micro-batch size, which it otherwise reads off a prepared DataLoader (we shard ourselves).
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
     n = len(task.train_data)
     global_batch = cfg.batch_size * cfg.grad_accum * world
     steps_per_epoch = math.ceil(n / global_batch)

@@ -1,0 +1,26 @@
+# Everything runs from .venv; `make demo` and `make test` set it up themselves on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+M ?=
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+demo: install
+	$(PY) -m common.demo $(M)
+
+test: install
+	$(VENV)/bin/pytest -q
+
+bench: install
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf outputs multirun .cache

@@ -1,0 +1,181 @@
+"""Loading, building and saving Hugging Face language models.
+
+Real checkpoints (a hub name or a local directory) and the tiny offline models go through the same
+`from_pretrained` path: a tiny model is built from config once, saved with `save_pretrained` into the cache, and then
+loaded like any checkpoint. So the tests exercise the loading code that a 7B run uses.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from common.config import ModelConfig
+from common.errors import UserError
+
+# Shapes of the tiny offline models: big enough to memorise a few hundred short QA pairs on a CPU in a minute or two.
+TINY_MODELS: dict[str, dict[str, Any]] = {
+    "tiny-llama": dict(arch="llama", hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4, vocab_size=2048),
+    "tiny-phi": dict(arch="phi", hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4, vocab_size=2048),
+}
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+
+# A neutral default corpus for a tokenizer when a method has no text of its own.
+_DEFAULT_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Question: What is the capital of France?\nAnswer: Paris is the capital of France.",
+    "[INST] Who wrote the book? [/INST] The book was written by a well-known author born in 1950.",
+]
+
+
+def _as_model_config(cfg: ModelConfig | DictConfig | dict) -> ModelConfig:
+    if isinstance(cfg, ModelConfig):
+        return cfg
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg))  # type: ignore[return-value]
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise UserError(f"model.dtype: '{name}' is not one of auto, {', '.join(dtypes)}")
+    return dtypes[name]
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int):
+    """A byte-level BPE tokenizer trained with `tokenizers` on the given text, wrapped for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    # Causal LMs expect a BOS at the start, as the Llama and Phi tokenizers add one.
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+
+
+def tiny_model_path(name: str, cache_dir: str | Path, corpus: Iterable[str] | None = None, **overrides: Any) -> Path:
+    """Build (once) a tiny randomly initialised model + tokenizer and return its directory.
+
+    The cache key covers the corpus and the shape, so a method with other text or sizes gets its own model.
+    """
+    if name not in TINY_MODELS:
+        raise UserError(f"unknown tiny model '{name}'; known: {', '.join(TINY_MODELS)}")
+    spec = {**TINY_MODELS[name], **overrides}
+    texts = list(corpus) if corpus is not None else _DEFAULT_CORPUS
+    digest = hashlib.sha1(json.dumps([spec, texts], sort_keys=True).encode()).hexdigest()[:10]
+    path = Path(cache_dir) / "models" / f"{name}-{digest}"
+    if (path / "config.json").is_file():
+        return path
+
+    from transformers import AutoModelForCausalLM, LlamaConfig, PhiConfig
+
+    tokenizer = train_tokenizer(texts, spec["vocab_size"])
+    arch = spec.pop("arch")
+    spec["vocab_size"] = len(tokenizer)
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config_cls = {"llama": LlamaConfig, "phi": PhiConfig}[arch]
+    config = config_cls(max_position_embeddings=512, tie_word_embeddings=False, **ids, **spec)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(path)  # a half-built model never looks complete
+    return path
+
+
+def resolve_model_path(cfg: ModelConfig | DictConfig, cache_dir: str | Path, corpus: Iterable[str] | None = None) -> str:
+    name = _as_model_config(cfg).name_or_path
+    return str(tiny_model_path(name, cache_dir, corpus)) if name in TINY_MODELS else name
+
+
+def load_model(
+    cfg: ModelConfig | DictConfig | dict,
+    cache_dir: str | Path = ".cache",
+    path: str | Path | None = None,
+    head: str = "causal-lm",
+    num_labels: int | None = None,
+    corpus: Iterable[str] | None = None,
+):
+    """Load (model, tokenizer) by hub name or local path. `path` overrides cfg.name_or_path (e.g. our own checkpoint).
+
+    A directory holding a peft adapter (adapter_config.json) is loaded onto its base model.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    cfg = _as_model_config(cfg)
+    name = str(path) if path is not None else resolve_model_path(cfg, cache_dir, corpus)
+    heads = {"causal-lm": AutoModelForCausalLM, "seq-cls": AutoModelForSequenceClassification}
+    if head not in heads:
+        raise UserError(f"unknown model head '{head}'; valid: {', '.join(heads)}")
+    looks_local = name.startswith(("/", ".", "~")) or Path(name).exists()
+    if looks_local and not Path(name).expanduser().is_dir():
+        raise UserError(f"model path '{name}' does not exist")
+    kwargs: dict[str, Any] = dict(dtype=_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
+    if cfg.device_map:
+        kwargs["device_map"] = cfg.device_map
+    if num_labels is not None:
+        kwargs["num_labels"] = num_labels
+    adapter = Path(name).expanduser() / "adapter_config.json"
+    try:
+        if adapter.is_file():
+            from peft import PeftModel
+
+            base_name = json.loads(adapter.read_text())["base_model_name_or_path"]
+            model = PeftModel.from_pretrained(heads[head].from_pretrained(base_name, **kwargs), name)
+        else:
+            model = heads[head].from_pretrained(name, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
+    except OSError as e:
+        raise UserError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        # Llama-2 and Phi ship without a pad token; padding positions are masked, so EOS is a safe stand-in.
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def load_causal_lm(cfg: ModelConfig | DictConfig | dict, cache_dir: str | Path = ".cache", path: str | Path | None = None, corpus: Iterable[str] | None = None):
+    return load_model(cfg, cache_dir, path=path, head="causal-lm", corpus=corpus)
+
+
+def attach_lora(model: torch.nn.Module, cfg: ModelConfig | DictConfig | dict) -> torch.nn.Module:
+    """Wrap the model with LoRA adapters from config (peft); r = 0 means full fine-tuning and returns it unchanged."""
+    lora = _as_model_config(cfg).lora
+    if lora.r == 0:
+        return model
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets: str | list[str] = "all-linear" if list(lora.target_modules) == ["all-linear"] else list(lora.target_modules)
+    task = TaskType.SEQ_CLS if "ForSequenceClassification" in type(model).__name__ else TaskType.CAUSAL_LM
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type=task)
+    return get_peft_model(model, config)
+
+
+def save_model(model: torch.nn.Module, tokenizer: Any, path: str | Path) -> Path:
+    """save_pretrained as safetensors (only the adapter for a peft model), written to a temp dir and renamed."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return path

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from common.config import LoraSettings, ModelConfig
+from common.errors import UserError
+from common.models import attach_lora, load_causal_lm, load_model, save_model, tiny_model_path
+
+CORPUS = ["Question: Where was Ana born?\nAnswer: Ana was born in Lisbon.", "[INST] Who is Ana? [/INST] A writer."] * 20
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-phi"])
+def test_tiny_model_round_trip_through_from_pretrained(tmp_path, name):
+    model, tok = load_causal_lm(ModelConfig(name_or_path=name), tmp_path, corpus=CORPUS)
+    assert tiny_model_path(name, tmp_path, CORPUS) == tiny_model_path(name, tmp_path, CORPUS)  # cached, same key
+    ids = tok("Ana was born in Lisbon.", return_tensors="pt").input_ids
+    assert ids[0, 0].item() == tok.bos_token_id and tok.pad_token is not None
+    assert tok.decode(ids[0], skip_special_tokens=True) == "Ana was born in Lisbon."
+    save_model(model, tok, tmp_path / "saved")
+    assert (tmp_path / "saved" / "model.safetensors").is_file()
+    again, _ = load_causal_lm(ModelConfig(name_or_path=str(tmp_path / "saved")), tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, again(ids).logits)
+
+
+def test_lora_adapter_saves_and_loads_onto_base(tmp_path):
+    cfg = ModelConfig(name_or_path="tiny-llama", lora=LoraSettings(r=4))
+    model, tok = load_causal_lm(cfg, tmp_path, corpus=CORPUS)
+    model = attach_lora(model, cfg)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert 0 < trainable < 0.2 * sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    save_model(model, tok, tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    loaded, _ = load_causal_lm(ModelConfig(), tmp_path, path=tmp_path / "adapter")
+    ids = tok("Ana", return_tensors="pt").input_ids
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, loaded(ids).logits)
+
+
+def test_sequence_classification_head_loads_from_a_causal_checkpoint(tmp_path):
+    model, _ = load_model(ModelConfig(name_or_path="tiny-llama"), tmp_path, head="seq-cls", num_labels=3, corpus=CORPUS)
+    assert model.score.out_features == 3
+
+
+def test_missing_model_path_is_one_clear_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_causal_lm(ModelConfig(name_or_path=str(tmp_path / "nope")), tmp_path)
