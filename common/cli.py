@@ -39,7 +39,7 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def _check_composes(method: str, overrides: list[str]) -> None:
+def _check_composes(method: str, overrides: list[str], conf_dir: str) -> None:
     """Compose once up front so that a mistyped override key fails in one line, before Hydra's multi-line report."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
@@ -47,13 +47,13 @@ def _check_composes(method: str, overrides: list[str]) -> None:
 
     plain = [o for o in overrides if not o.startswith("-") and not o.startswith("hydra")]
     try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        with initialize_config_dir(config_dir=conf_dir, version_base=None):
             compose(config_name=method, overrides=plain)
     except (HydraException, OmegaConfBaseException) as e:
         fail(f"config: {str(e).splitlines()[0]}")
 
 
-def main(method: str, commands: dict[str, Command], schema: type, argv: list[str] | None = None) -> None:
+def main(method: str, commands: dict[str, Command], schema: type, argv: list[str] | None = None, conf_dir: str = CONF_DIR) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage(method, commands))
@@ -61,10 +61,12 @@ def main(method: str, commands: dict[str, Command], schema: type, argv: list[str
     name, overrides = argv[0], argv[1:]
     if name not in commands:
         fail(f"unknown command '{name}' for methods.{method}; valid commands: {', '.join(commands)}")
-    overrides = [f"+command={name}", *overrides]
     multirun = any(o in ("-m", "--multirun") for o in overrides)
+    # argparse stops at the first flag after a positional override, so the sweep flag goes first.
+    overrides = (["--multirun"] if multirun else []) + [o for o in overrides if o not in ("-m", "--multirun")]
+    overrides.append(f"+command={name}")
     if not multirun and not any(o in ("--help", "-h", "--cfg", "-c", "--info") or o.startswith("--cfg") for o in overrides):
-        _check_composes(method, overrides)
+        _check_composes(method, overrides, conf_dir)
     if not any(o.startswith("hydra.run.dir=") for o in overrides):
         overrides.append(f"hydra.run.dir=outputs/{method}/{name}/${{now:%Y-%m-%d_%H-%M-%S}}")
     if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
@@ -93,4 +95,4 @@ def main(method: str, commands: dict[str, Command], schema: type, argv: list[str
         return metrics
 
     sys.argv = [f"methods.{method}", *overrides]
-    hydra.main(config_path=CONF_DIR, config_name=method, version_base=None)(job)()
+    hydra.main(config_path=conf_dir, config_name=method, version_base=None)(job)()

@@ -82,6 +82,8 @@ def validate(cfg: DictConfig, schema: type) -> DictConfig:
     """Merge a composed config into its schema; unknown keys and wrong types become one-line UserErrors."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        # Resolved once here, so that a sub-config handed on alone (cfg.trainer) keeps values like ${seed}.
+        OmegaConf.resolve(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         first = str(e).splitlines()[0] if str(e) else type(e).__name__

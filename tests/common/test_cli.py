@@ -1,0 +1,79 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def toy_conf(tmp_path):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "toy.yaml").write_text(
+        "defaults:\n  - trainer: default\n  - logger: csv\n  - _self_\n"
+        f"hydra:\n  searchpath:\n    - file://{REPO / 'conf'}\n"
+        "n: 40\ntrainer:\n  epochs: 2\n  progress: false\n  optimizer: sgd\n  lr: 0.05\n"
+    )
+    return conf
+
+
+def toy(conf: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "tests.common.toy_method", str(conf), *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def methods(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_run_writes_results_summary_and_metrics(toy_conf, tmp_path):
+    proc = toy(toy_conf, "train", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["metrics"]["train_loss"] > 0
+    assert results["config"]["trainer"]["lr"] == 0.05 and results["config"]["command"] == "train"
+    assert "torch" in results["versions"]
+    assert (tmp_path / "run" / "summary.md").read_text().startswith("# toy train")
+    assert "train/loss" in (tmp_path / "run" / "metrics.csv").read_text()
+
+
+def test_help_lists_commands_and_unknown_command_exits_2(toy_conf, tmp_path):
+    proc = toy(toy_conf, "--help", cwd=tmp_path)
+    assert proc.returncode == 0 and "train" in proc.stdout and "fit the toy regression" in proc.stdout
+    proc = toy(toy_conf, "trian", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: unknown command 'trian' for methods.toy; valid commands: train, eval"]
+
+
+@pytest.mark.parametrize("override", ["trainer.lrr=0.1", "+trainer.lrr=0.1", "trainer.lr=fast"])
+def test_bad_override_is_one_line_exit_2(toy_conf, tmp_path, override):
+    proc = toy(toy_conf, "train", override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: config:") and "lr" in lines[0]
+
+
+def test_user_error_keeps_what_was_written(toy_conf, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "earlier.txt").write_text("keep me")
+    proc = toy(toy_conf, "train", "n=0", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: n: must be positive, got 0"
+    assert (run / "earlier.txt").read_text() == "keep me"
+
+
+def test_sweep_through_the_local_launcher_runs_both_jobs(toy_conf, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = toy(toy_conf, "train", "-m", "hydra/launcher=local", "trainer.lr=0.01,0.05", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = sorted(sweep.rglob("results.json"))
+    assert len(results) == 2
+    lrs = sorted(json.loads(r.read_text())["config"]["trainer"]["lr"] for r in results)
+    assert lrs == [0.01, 0.05]
+    report = subprocess.run([sys.executable, "-m", "common.report", str(sweep)], cwd=REPO, capture_output=True, text=True)
+    assert report.returncode == 0 and "trainer.lr=0.01" in report.stdout and "train_loss" in report.stdout
