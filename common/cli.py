@@ -6,7 +6,9 @@ results.json + summary.md into the run dir. Bad input ends as one line on stderr
 """
 from __future__ import annotations
 
+import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +55,24 @@ def _check_composes(method: str, overrides: list[str], conf_dir: str) -> None:
         fail(f"config: {str(e).splitlines()[0]}")
 
 
+def launch_stamp() -> str:
+    """The run dir's timestamp, equal on every rank of one torchrun / accelerate launch.
+
+    Ranks compose their configs independently, so `${now:}` could differ by a second between them. A multi-node
+    launch has a rendezvous id shared by all nodes; on one node all ranks are children of the same launcher process,
+    whose start time (from /proc) is the stamp.
+    """
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if "LOCAL_RANK" in os.environ and run_id != "none":
+        return run_id
+    started = time.time()
+    if "LOCAL_RANK" in os.environ and Path(f"/proc/{os.getppid()}/stat").is_file():
+        ticks = int(Path(f"/proc/{os.getppid()}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+        started = boot + ticks / os.sysconf("SC_CLK_TCK")
+    return time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(started))
+
+
 def main(method: str, commands: dict[str, Command], schema: type, argv: list[str] | None = None, conf_dir: str = CONF_DIR) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -68,7 +88,7 @@ def main(method: str, commands: dict[str, Command], schema: type, argv: list[str
     if not multirun and not any(o in ("--help", "-h", "--cfg", "-c", "--info") or o.startswith("--cfg") for o in overrides):
         _check_composes(method, overrides, conf_dir)
     if not any(o.startswith("hydra.run.dir=") for o in overrides):
-        overrides.append(f"hydra.run.dir=outputs/{method}/{name}/${{now:%Y-%m-%d_%H-%M-%S}}")
+        overrides.append(f"hydra.run.dir=outputs/{method}/{name}/{launch_stamp()}")
     if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
         overrides.append(f"hydra.sweep.dir=multirun/{method}/{name}/${{now:%Y-%m-%d_%H-%M-%S}}")
 

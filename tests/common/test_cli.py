@@ -77,3 +77,15 @@ def test_sweep_through_the_local_launcher_runs_both_jobs(toy_conf, tmp_path):
     assert lrs == [0.01, 0.05]
     report = subprocess.run([sys.executable, "-m", "common.report", str(sweep)], cwd=REPO, capture_output=True, text=True)
     assert report.returncode == 0 and "trainer.lr=0.01" in report.stdout and "train_loss" in report.stdout
+
+
+def test_torchrun_ranks_share_one_run_dir(toy_conf, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "tests.common.toy_method", str(toy_conf), "train"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dirs = [p.parent for p in (tmp_path / "outputs" / "toy" / "train").rglob(".hydra")]
+    assert len(run_dirs) == 1, run_dirs
+    assert (run_dirs[0] / "results.json").is_file()
+    assert sorted(p.name for p in (run_dirs[0] / "checkpoints" / "last").glob("optimizer.rank*.pt")) == ["optimizer.rank0.pt", "optimizer.rank1.pt"]
