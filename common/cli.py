@@ -55,6 +55,23 @@ def _check_composes(method: str, overrides: list[str], conf_dir: str) -> None:
         fail(f"config: {str(e).splitlines()[0]}")
 
 
+def _split_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    """Hydra's flags (with their values) and the overrides: argparse needs every flag before the first override."""
+    flags, overrides = [], []
+    i = 0
+    while i < len(args):
+        if args[i].startswith("-"):
+            flags.append(args[i])
+            takes_value = i + 1 < len(args) and not args[i + 1].startswith(("-", "~")) and "=" not in args[i + 1]
+            if takes_value:
+                flags.append(args[i + 1])
+                i += 1
+        else:
+            overrides.append(args[i])
+        i += 1
+    return flags, overrides
+
+
 def launch_stamp() -> str:
     """The run dir's timestamp, equal on every rank of one torchrun / accelerate launch.
 
@@ -81,11 +98,9 @@ def main(method: str, commands: dict[str, Command], schema: type, argv: list[str
     name, overrides = argv[0], argv[1:]
     if name not in commands:
         fail(f"unknown command '{name}' for methods.{method}; valid commands: {', '.join(commands)}")
-    multirun = any(o in ("-m", "--multirun") for o in overrides)
-    # argparse stops at the first flag after a positional override, so the sweep flag goes first.
-    overrides = (["--multirun"] if multirun else []) + [o for o in overrides if o not in ("-m", "--multirun")]
+    flags, overrides = _split_flags(overrides)
     overrides.append(f"+command={name}")
-    if not multirun and not any(o in ("--help", "-h", "--cfg", "-c", "--info") or o.startswith("--cfg") for o in overrides):
+    if not flags:  # a sweep or --cfg/--info run cannot be composed as a single job here
         _check_composes(method, overrides, conf_dir)
     if not any(o.startswith("hydra.run.dir=") for o in overrides):
         overrides.append(f"hydra.run.dir=outputs/{method}/{name}/{launch_stamp()}")
@@ -114,5 +129,5 @@ def main(method: str, commands: dict[str, Command], schema: type, argv: list[str
             print(f"\nrun dir: {run_dir}")
         return metrics
 
-    sys.argv = [f"methods.{method}", *overrides]
+    sys.argv = [f"methods.{method}", *flags, *overrides]
     hydra.main(config_path=conf_dir, config_name=method, version_base=None)(job)()

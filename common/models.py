@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -91,11 +92,17 @@ def tiny_model_path(name: str, cache_dir: str | Path, corpus: Iterable[str] | No
     config = config_cls(max_position_embeddings=512, tie_word_embeddings=False, **ids, **spec)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
-    tmp = path.with_name(path.name + ".tmp")
+    # Every torchrun rank may build it at once: each writes its own temp dir, the first rename wins.
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.rename(path)  # a half-built model never looks complete
+    try:
+        tmp.rename(path)  # a half-built model never looks complete
+    except OSError:
+        if not (path / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

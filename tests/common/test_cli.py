@@ -89,3 +89,9 @@ def test_torchrun_ranks_share_one_run_dir(toy_conf, tmp_path):
     assert len(run_dirs) == 1, run_dirs
     assert (run_dirs[0] / "results.json").is_file()
     assert sorted(p.name for p in (run_dirs[0] / "checkpoints" / "last").glob("optimizer.rank*.pt")) == ["optimizer.rank0.pt", "optimizer.rank1.pt"]
+
+
+def test_hydra_flags_anywhere_in_the_command(toy_conf, tmp_path):
+    proc = toy(toy_conf, "train", "trainer.lr=0.3", "--cfg", "job", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "lr: 0.3" in proc.stdout and not (tmp_path / "outputs").exists()  # printed, not run
