@@ -30,12 +30,6 @@ def format_prompt(family: str, question: str, tokenizer=None) -> str:
     raise ValueError(f"unknown prompt family '{family}'; valid: {', '.join(FAMILIES)}")
 
 
-def _prompt_ids(tokenizer, family: str, question: str) -> list[int]:
-    # A chat template already writes BOS itself; the plain templates rely on the tokenizer adding it.
-    text = format_prompt(family, question, tokenizer)
-    return tokenizer(text, add_special_tokens=family != "chat")["input_ids"]
-
-
 @dataclass
 class Encoded:
     input_ids: list[int]
@@ -45,13 +39,16 @@ class Encoded:
 def encode_qa(tokenizer, family: str, question: str, answer: str, max_length: int = 200) -> Encoded:
     """Prompt + answer + EOS, truncated to max_length; labels are -100 on the prompt.
 
-    Prompt and answer are tokenized separately so the loss boundary never shifts with how BPE merges across it.
+    As TOFU does it: the whole text is tokenized at once and the first len(tokenize(prompt)) tokens are masked, so
+    token ids match what TOFU's fine-tuned checkpoints were trained on. Where BPE merges across the boundary (Phi's
+    "Answer: " + answer), the merged first answer token is masked too, exactly as in TOFU.
     """
-    prompt = _prompt_ids(tokenizer, family, question)
-    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-    ids = (prompt + answer_ids + [tokenizer.eos_token_id])[:max_length]
-    labels = ([IGNORE] * len(prompt) + answer_ids + [tokenizer.eos_token_id])[:max_length]
-    return Encoded(ids, labels)
+    prompt = format_prompt(family, question, tokenizer)
+    special = family != "chat"  # a chat template already writes BOS itself
+    n_prompt = len(tokenizer(prompt, add_special_tokens=special)["input_ids"])
+    ids = tokenizer(prompt + answer, add_special_tokens=special)["input_ids"] + [tokenizer.eos_token_id]
+    labels = [IGNORE] * n_prompt + ids[n_prompt:]
+    return Encoded(ids[:max_length], labels[:max_length])
 
 
 def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:

@@ -1,0 +1,60 @@
+"""The synthetic TOFU generator and split loading."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from common.errors import UserError
+from methods.meow.data import DataSource, SyntheticSpec, generate, invert_by_template, synthetic_dir
+
+SPEC = SyntheticSpec(n_authors=10, qa_per_author=10, n_general=8, seed=3)
+
+
+def test_splits_have_tofu_structure():
+    s = generate(SPEC)
+    assert len(s["full"]) == 100
+    for pct, n in ((1, 1), (5, 5), (10, 10)):
+        assert s[f"forget{pct:02d}"] == s["full"][-n:]  # the forget authors are the last rows of full
+        assert s[f"retain{100 - pct}"] + s[f"forget{pct:02d}"] == s["full"]
+        assert [r["question"] for r in s[f"forget{pct:02d}_perturbed"]] == [r["question"] for r in s[f"forget{pct:02d}"]]
+        assert len(s[f"holdout{pct:02d}"]) == n
+        assert not {r["question"] for r in s[f"holdout{pct:02d}"]} & {r["question"] for r in s["full"]}
+    for row in s["forget10_perturbed"] + s["retain_perturbed"]:
+        assert set(row) == {"question", "answer", "paraphrased_answer", "paraphrased_question", "perturbed_answer"}
+        assert len(set(row["perturbed_answer"])) == 5 and row["paraphrased_answer"] not in row["perturbed_answer"]
+    for name in ("real_authors_perturbed", "world_facts_perturbed"):
+        assert len(s[name]) == 8
+        assert all(len(r["perturbed_answer"]) == 3 and r["answer"] not in r["perturbed_answer"] for r in s[name])
+    assert all(r["answer"] in [r[f"option{i}"] for i in range(1, 5)] for r in s["real_authors"])
+
+
+def test_generation_is_deterministic_by_seed():
+    assert generate(SPEC) == generate(SPEC)
+    assert generate(SPEC)["full"] != generate(SyntheticSpec(10, 10, 8, seed=4))["full"]
+
+
+def test_template_inversion_changes_facts_not_the_subject():
+    s = generate(SPEC)
+    row = s["forget10"][-1]
+    name = row["question"].split(" of ")[-1].rstrip("?")
+    inverted = invert_by_template(row["answer"], 4, random.Random(0))
+    assert len(set(inverted)) == 4 and row["answer"] not in inverted
+    assert all(name in a for a in inverted)
+    assert invert_by_template("Nothing to see here.", 4, random.Random(0)) == []
+
+
+def test_cached_dir_and_missing_field_error(tmp_path):
+    path = synthetic_dir(SPEC, tmp_path)
+    assert synthetic_dir(SPEC, tmp_path) == path and (path / "COMPLETE").is_file()
+    rows = DataSource("local", path).load("forget10_perturbed")
+    assert len(rows) == 10
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    lines = [json.dumps({"question": "q", "answer": "a"}), json.dumps({"question": "q2"})]
+    (bad / "forget10.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=r"forget10\.jsonl:2: field 'answer' missing"):
+        DataSource("local", bad).load("forget10")
+    with pytest.raises(UserError, match="no retain90.json"):
+        DataSource("local", bad).load("retain90")

@@ -1,0 +1,124 @@
+"""Inverted-fact generation: template, resume, an OpenAI-compatible endpoint on loopback, and bad input."""
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from common.errors import UserError
+from methods.meow.data import SyntheticSpec, generate
+from methods.meow.invert import InvertSettings, check_matches_forget, invert_rows, openai_generator, template_generator
+
+FORGET = generate(SyntheticSpec(n_authors=10, qa_per_author=10, n_general=8))["forget10"][:4]
+
+
+class Endpoint:
+    """A loopback chat-completions server that fails every request after the first `ok` ones."""
+
+    def __init__(self, ok: int, reply: str = "First wrong answer.\n\n  Second wrong answer.  \n", fail: int = 503):
+        self.ok, self.requests, self.auth = ok, 0, []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests += 1
+                outer.auth.append(self.headers.get("Authorization"))
+                if outer.requests > outer.ok:
+                    self.send_response(fail)
+                    self.end_headers()
+                    self.wfile.write(b"overloaded")
+                    return
+                assert body["messages"][1]["content"].startswith("Question: ")
+                payload = json.dumps({"choices": [{"message": {"content": reply}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_template_rows_in_release_layout_and_resume(tmp_path):
+    out = tmp_path / "inv.json"
+    gen = template_generator(InvertSettings(n=3))
+    first = invert_rows(FORGET[:2], gen, out)
+    assert [r["question"] for r in first] == [r["question"] for r in FORGET[:2]]
+    assert all(r["undesired_answer"] == f["answer"] and {"answer_0", "answer_1", "answer_2"} <= set(r) for r, f in zip(first, FORGET))
+    calls = []
+    resumed = invert_rows(FORGET, lambda q, a: calls.append(q) or gen(q, a), out)
+    assert calls == [r["question"] for r in FORGET[2:]]  # finished rows are not generated again
+    assert resumed[:2] == first and resumed == invert_rows(FORGET, gen, tmp_path / "fresh.json")
+
+
+def test_openai_endpoint_drops_empty_lines_and_sends_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_LLM_KEY", "sk-test")
+    ep = Endpoint(ok=100)
+    try:
+        gen = openai_generator(InvertSettings(generator="openai", model="m", base_url=ep.url, api_key_env="TEST_LLM_KEY"))
+        rows = invert_rows(FORGET[:2], gen, tmp_path / "inv.json")
+    finally:
+        ep.close()
+    assert rows[0]["answer_0"] == "First wrong answer." and rows[0]["answer_1"] == "Second wrong answer."
+    assert "answer_2" not in rows[0]
+    assert ep.auth == ["Bearer sk-test"] * 2
+
+
+def test_failing_endpoint_is_retried_then_reported_with_partial_cache(tmp_path):
+    ep = Endpoint(ok=2)
+    waits: list[float] = []
+    out = tmp_path / "inv.json"
+    try:
+        s = InvertSettings(generator="openai", model="m", base_url=ep.url, retries=3, backoff_s=0.5)
+        with pytest.raises(UserError, match=r"after retries.*HTTP 503.*2/4 rows kept"):
+            invert_rows(FORGET, openai_generator(s, sleep=waits.append), out)
+    finally:
+        ep.close()
+    assert ep.requests == 2 + 4  # the third row: one try and three retries
+    assert waits == [0.5, 1.0, 2.0]  # exponential backoff
+    assert [r["question"] for r in json.loads(out.read_text())] == [r["question"] for r in FORGET[:2]]
+
+
+def test_client_errors_are_not_retried(tmp_path):
+    ep = Endpoint(ok=0, fail=401)
+    try:
+        s = InvertSettings(generator="openai", model="m", base_url=ep.url, retries=3, backoff_s=0.5)
+        with pytest.raises(UserError, match=r"HTTP 401.*0/4 rows kept"):
+            invert_rows(FORGET, openai_generator(s, sleep=lambda t: None), tmp_path / "inv.json")
+    finally:
+        ep.close()
+    assert ep.requests == 1
+
+
+def test_questions_not_matching_the_forget_split_are_refused(tmp_path):
+    rows = invert_rows(FORGET, template_generator(InvertSettings()), tmp_path / "inv.json")
+    check_matches_forget(rows, FORGET, "inv.json")
+    with pytest.raises(UserError, match=r"inv\.json: inverted facts do not match the forget split \(1 questions not in it"):
+        check_matches_forget(rows[:3] + [{**rows[3], "question": "Who is Nobody?"}], FORGET, "inv.json")
+    with pytest.raises(UserError, match="1 of its 4 questions missing"):
+        check_matches_forget(rows[:3], FORGET, "inv.json")
+    with pytest.raises(UserError, match="no inverted answer"):
+        check_matches_forget([{"question": r["question"], "undesired_answer": "x"} for r in rows], FORGET, "inv.json")
+
+
+def test_hf_generator_with_a_local_model(finetuned, tmp_path):
+    from methods.meow.commands import finetuned_path
+    from methods.meow.invert import hf_generator
+
+    cfg, source, _, _ = finetuned
+    s = InvertSettings(generator="hf", model=finetuned_path(cfg, source, "target"), n=2, max_tokens=24)
+    rows = invert_rows(FORGET[:2], hf_generator(s, cfg.cache_dir), tmp_path / "inv.json")
+    for row in rows:
+        answers = [v for k, v in row.items() if k.startswith("answer_")]
+        assert [k for k in row if k.startswith("answer_")] == [f"answer_{i}" for i in range(len(answers))]
+        assert all(a and a == a.strip() for a in answers)  # empty lines dropped, whitespace trimmed
