@@ -76,6 +76,7 @@ class BaseConfig:
     num_shards: int = 1
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paper: Dict[str, Any] = field(default_factory=dict)  # the paper's numbers (metric -> value), for common.report
 
 
 def validate(cfg: DictConfig, schema: type) -> DictConfig:

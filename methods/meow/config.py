@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 from common.config import BaseConfig, ModelConfig, TrainerConfig
 
@@ -90,7 +90,6 @@ class MeowConfig(BaseConfig):
     method: str = "meow"  # meow | meow+gd | meow+kl | meow+dpo | ga | gd | kl | idk | dpo | npo | npo+gd | npo+kl
     compare: List[str] = field(default_factory=list)  # more methods unlearned and evaluated in the same run
     save_models: bool = True  # save each unlearned model (safetensors) into the run dir
-    paper: Dict[str, Any] = field(default_factory=dict)  # the paper's numbers for common.report, where known
 
 
 def compose_config(*overrides: str):

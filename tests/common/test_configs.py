@@ -56,3 +56,10 @@ def test_help_lists_every_command(method):
     assert proc.returncode == 0, proc.stderr
     commands = importlib.import_module(f"methods.{method}.__main__").COMMANDS
     assert all(name in proc.stdout for name in commands)
+
+
+@pytest.mark.parametrize("cohort", sorted(p.stem for p in (REPO / "conf" / "cohort").glob("*.yaml")))
+def test_tcga_cohorts_set_ten_genes(cohort):
+    cfg = composed("m4", f"+cohort={cohort}", "+experiment=m4/official")
+    assert cfg.data.cohort == cohort and len(cfg.data.genes) == len(set(cfg.data.genes)) == 10
+    assert cfg.trainer.epochs == 32 and cfg.model.num_expert == 5

@@ -1,0 +1,336 @@
+"""Patch features for every slide: `h5_files/<slide>.h5` (features, coords) and `pt_files/<slide>.pt`, as CLAM/TRIDENT.
+
+Reading is the usual bottleneck (CLAM issue #69: "~10 days to extract 1000 WSIs"), so DataLoader workers read and
+resize patches in parallel, each keeping its own OpenSlide handle, while the main process runs the backbone on whole
+batches under `torch.inference_mode`. One loader streams the patches of all slides of a shard in order, so workers
+never sit idle between slides; a slide's files are written as soon as its last patch is embedded.
+
+Outputs are written under temporary names and renamed, the .pt first and the .h5 last: a slide is done exactly when
+both final names exist, so a killed run resumes where it stopped and a half-written file never counts. A slide that
+cannot be opened or read is reported and skipped; a slide without tissue patches is recorded and skipped.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch import nn
+
+from common.errors import UserError
+from methods.m4.tiling import read_coords
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Backbones
+
+
+@dataclass
+class Backbone:
+    model: nn.Module  # [B, 3, S, S] normalised -> [B, dim]
+    dim: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+
+class _TruncatedPool(nn.Module):
+    """A timm trunk cut after its third stage, then global average pooling (CLAM's resnet50_trunc: 1024-d)."""
+
+    def __init__(self, trunk: nn.Module):
+        super().__init__()
+        self.trunk = trunk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)[-1].mean(dim=(2, 3))
+
+
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise UserError(f"{path}: backbone weights file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # pickled code objects, a truncated file, ...
+            raise UserError(f"{path}: cannot load weights safely ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return {k.removeprefix("module.").removeprefix("encoder."): v for k, v in state.items()}
+
+
+def _apply_weights(model: nn.Module, path: Path) -> None:
+    """Load a local checkpoint, ignoring classifier heads (RetCCL keeps a 128-d `fc`); all trunk weights must fit."""
+    state = {k: v for k, v in _load_state_dict(path).items() if not k.startswith(("fc.", "head.", "classifier."))}
+    target = model.trunk if isinstance(model, _TruncatedPool) else model
+    missing, unexpected = target.load_state_dict(state, strict=False)
+    if missing:
+        raise UserError(f"{path}: weights miss {len(missing)} backbone tensors (e.g. {', '.join(missing[:3])})")
+    if unexpected and isinstance(model, _TruncatedPool):
+        unexpected = [k for k in unexpected if not k.startswith("layer4.")]  # the truncated trunk drops layer4
+    if unexpected:
+        log.warning("%s: %d tensors not used by the backbone (e.g. %s)", path, len(unexpected), ", ".join(unexpected[:3]))
+
+
+def build_backbone(name: str, weights: str = "hub", allow_random_weights: bool = False) -> Backbone:
+    """A timm backbone by name, `<timm name>_trunc` for a trunk cut after stage 3, or `retccl` (ResNet-50, 2048-d).
+
+    weights: "hub" (timm's pretrained weights, downloaded if reachable), a local .pth/.pt/.safetensors file, or
+    "random", which needs allow_random_weights because such features mean nothing on real slides.
+    """
+    import timm
+
+    arch = {"retccl": "resnet50", "resnet50_trunc": "resnet50.tv_in1k"}.get(name, name)
+    truncated = name.endswith("_trunc")
+    if truncated and name != "resnet50_trunc":
+        arch = name.removesuffix("_trunc")
+    if weights == "random" and not allow_random_weights:
+        raise UserError("extract.weights=random gives meaningless features; set extract.allow_random_weights=true to insist")
+    if name == "retccl" and weights == "hub":
+        raise UserError("RetCCL weights are not on a hub: download them (github.com/Xiyue-Wang/RetCCL) and set extract.weights=<file>")
+    pretrained = weights == "hub"
+    kwargs = {"features_only": True, "out_indices": (3,)} if truncated else {"num_classes": 0}
+    try:
+        model = timm.create_model(arch, pretrained=pretrained, **kwargs)
+    except RuntimeError as e:
+        if "Unknown model" in str(e):
+            raise UserError(f"extract.backbone: unknown timm model '{arch}'") from None
+        raise
+    except OSError as e:  # no network / no cached hub weights
+        raise UserError(f"cannot fetch pretrained weights for '{arch}' ({str(e).splitlines()[0]}); "
+                        "set extract.weights=<local file>") from None
+    if truncated:
+        model = _TruncatedPool(model)
+    if weights not in ("hub", "random"):
+        _apply_weights(model, Path(weights))
+    if weights == "random":
+        warnings.warn(f"extract: backbone '{name}' has RANDOM weights (extract.allow_random_weights=true); "
+                      "use this only for tests and the synthetic demo", stacklevel=2)
+    model.eval()
+    with torch.inference_mode():
+        dim = model(torch.zeros(1, 3, 64, 64)).shape[-1]
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(getattr(model, "trunk", None), "pretrained_cfg", None) or {}
+    return Backbone(model, dim, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass
+class SlideJob:
+    slide_id: str
+    slide_path: Path
+    coords: np.ndarray
+    level: int
+    read_size: int
+    coord_attrs: dict = field(default_factory=dict)
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """Patches of several slides in order. Items: (uint8 [3, S, S], slide index, error message or "").
+
+    Read errors are returned, not raised, so one corrupt slide does not stop the loader for the others.
+    """
+
+    def __init__(self, jobs: list[SlideJob], out_size: int):
+        self.jobs, self.out_size = jobs, out_size
+        counts = np.array([len(j.coords) for j in jobs], dtype=np.int64)
+        self.slide_of = np.repeat(np.arange(len(jobs)), counts)
+        self.start = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(jobs) else np.zeros(0, np.int64)
+        self._open: tuple[int, object] | None = None  # one handle per worker process, reopened when the slide changes
+
+    def __len__(self) -> int:
+        return len(self.slide_of)
+
+    def _slide(self, j: int):
+        import openslide
+
+        if self._open is None or self._open[0] != j:
+            if self._open is not None:
+                self._open[1].close()
+            self._open = (j, openslide.OpenSlide(str(self.jobs[j].slide_path)))
+        return self._open[1]
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, int, str]:
+        from PIL import Image
+
+        j = int(self.slide_of[k])
+        job = self.jobs[j]
+        x, y = (int(v) for v in job.coords[k - self.start[j]])
+        try:
+            img = self._slide(j).read_region((x, y), job.level, (job.read_size, job.read_size)).convert("RGB")
+        except Exception as e:  # openslide.OpenSlideError and friends; reported per slide by the caller
+            self._open = None
+            return torch.zeros(3, self.out_size, self.out_size, dtype=torch.uint8), j, f"{type(e).__name__}: {e}"
+        if img.size[0] != self.out_size:
+            img = img.resize((self.out_size, self.out_size), Image.BILINEAR)
+        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1), j, ""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Outputs
+
+
+def output_paths(features_dir: Path, slide_id: str) -> tuple[Path, Path]:
+    return features_dir / "h5_files" / f"{slide_id}.h5", features_dir / "pt_files" / f"{slide_id}.pt"
+
+
+def is_done(features_dir: Path, slide_id: str) -> bool:
+    return all(p.is_file() for p in output_paths(features_dir, slide_id))
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def remove_stale_tmp(features_dir: Path, slide_id: str) -> None:
+    """Remove temporary files a killed run left for this slide (they never count as outputs)."""
+    for final in output_paths(features_dir, slide_id):
+        for stale in final.parent.glob(f".{final.name}.tmp-*"):
+            stale.unlink(missing_ok=True)
+
+
+def write_features(features_dir: Path, job: SlideJob, features: np.ndarray) -> None:
+    h5_path, pt_path = output_paths(features_dir, job.slide_id)
+    h5_path.parent.mkdir(parents=True, exist_ok=True)
+    pt_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(pt_path)
+    torch.save(torch.from_numpy(features), tmp)
+    os.replace(tmp, pt_path)
+    tmp = _tmp(h5_path)
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("features", data=features, dtype=np.float32, chunks=(min(32, max(len(features), 1)), features.shape[1]))
+        coords = f.create_dataset("coords", data=job.coords.astype(np.int64))
+        coords.attrs.update(job.coord_attrs)
+    os.replace(tmp, h5_path)  # last: its presence (with the .pt) marks the slide done
+
+
+def load_features(features_dir: Path, slide_id: str) -> torch.Tensor:
+    """Features of one slide from pt_files (preferred) or h5_files; made here or by CLAM/TRIDENT."""
+    h5_path, pt_path = output_paths(features_dir, slide_id)
+    if pt_path.is_file():
+        return torch.load(pt_path, map_location="cpu", weights_only=True).float()
+    with h5py.File(h5_path, "r") as f:
+        return torch.from_numpy(f["features"][:]).float()
+
+
+def load_coords(features_dir: Path, slide_id: str) -> np.ndarray:
+    with h5py.File(output_paths(features_dir, slide_id)[0], "r") as f:
+        return f["coords"][:].astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The extraction loop
+
+
+@dataclass
+class SlideOutcome:
+    slide_id: str
+    status: str  # done | skipped (already done) | empty | failed
+    n_patches: int = 0
+    message: str = ""
+
+
+def plan_jobs(slides: list[Path], patches_dir: Path, features_dir: Path) -> tuple[list[SlideJob], list[SlideOutcome]]:
+    """Jobs for slides still to do; outcomes for those already done, empty, unreadable or without coordinates."""
+    import openslide
+
+    from methods.m4.tiling import slide_id_of
+
+    jobs, outcomes = [], []
+    for path in slides:
+        sid = slide_id_of(path)
+        if is_done(features_dir, sid):
+            outcomes.append(SlideOutcome(sid, "skipped", message="outputs already complete"))
+            continue
+        remove_stale_tmp(features_dir, sid)
+        coords_file = patches_dir / f"{sid}.h5"
+        if not coords_file.is_file():
+            outcomes.append(SlideOutcome(sid, "failed", message=f"no coordinates file {coords_file} (run tile first)"))
+            continue
+        try:
+            with openslide.OpenSlide(str(path)):
+                pass
+            plan = read_coords(coords_file)
+        except Exception as e:  # unreadable slide or coordinates file
+            outcomes.append(SlideOutcome(sid, "failed", message=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+            continue
+        if len(plan.coords) == 0:
+            outcomes.append(SlideOutcome(sid, "empty", message="no tissue patches"))
+            continue
+        with h5py.File(coords_file, "r") as f:
+            attrs = dict(f["coords"].attrs)
+        jobs.append(SlideJob(sid, path, plan.coords, plan.level, plan.read_size, attrs))
+    return jobs, outcomes
+
+
+def extract(
+    jobs: list[SlideJob],
+    backbone: Backbone,
+    features_dir: Path,
+    input_size: int = 224,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    device: str = "auto",
+    progress: bool = True,
+) -> list[SlideOutcome]:
+    """Embed every patch of `jobs` and write each slide's outputs as soon as it is complete."""
+    from tqdm.auto import tqdm
+
+    if not jobs:
+        return []
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    model = backbone.model.to(dev).eval()
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    mean = torch.tensor(backbone.mean, device=dev).view(1, 3, 1, 1) * 255
+    std = torch.tensor(backbone.std, device=dev).view(1, 3, 1, 1) * 255
+    dataset = PatchDataset(jobs, input_size)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=dev.type == "cuda",
+        prefetch_factor=4 if num_workers > 0 else None, persistent_workers=False,
+    )
+    buffers: dict[int, list[np.ndarray]] = {}
+    received = np.zeros(len(jobs), np.int64)
+    errors: dict[int, str] = {}
+    outcomes = []
+    bar = tqdm(total=len(dataset), desc="extract", unit="patch", disable=not progress)
+    with torch.inference_mode():
+        for images, slide_idx, messages in loader:
+            x = (images.to(dev, non_blocking=True).float() - mean) / std
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                feats = model(x).float().cpu().numpy()
+            for j in np.unique(slide_idx.numpy()):
+                rows = (slide_idx == int(j)).numpy()
+                buffers.setdefault(int(j), []).append(feats[rows])
+                received[j] += rows.sum()
+                bad = [m for m, r in zip(messages, rows) if r and m]
+                if bad and j not in errors:
+                    errors[int(j)] = bad[0]
+                if received[j] == len(jobs[j].coords):
+                    job = jobs[j]
+                    parts = buffers.pop(int(j))
+                    if j in errors:
+                        outcomes.append(SlideOutcome(job.slide_id, "failed", len(job.coords), errors[int(j)]))
+                    else:
+                        write_features(features_dir, job, np.concatenate(parts).astype(np.float32))
+                        outcomes.append(SlideOutcome(job.slide_id, "done", len(job.coords)))
+            bar.update(len(images))
+    bar.close()
+    return outcomes

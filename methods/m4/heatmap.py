@@ -1,0 +1,70 @@
+"""Per-gene attention over the slide thumbnail.
+
+For M4 a gene's attention is its gate-weighted mixture of the experts' attention (gates averaged over the 4 proxy
+segments), folded back from the padded grid onto the real patches; for MMoE the same with its linear gates. Scores are
+shown as percentiles within the slide, as CLAM does, so the map reads the same whatever the softmax temperature.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.errors import UserError
+
+
+def _percentiles(scores: np.ndarray) -> np.ndarray:
+    ranks = scores.argsort().argsort()
+    return ranks / max(len(scores) - 1, 1)
+
+
+def render(thumb: np.ndarray, coords: np.ndarray, size0: int, scale: float, scores: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend a jet-coloured score per patch square onto an RGB thumbnail ([H, W, 3] uint8)."""
+    import matplotlib
+
+    colours = (matplotlib.colormaps["jet"](_percentiles(scores))[:, :3] * 255).astype(np.float32)
+    overlay = thumb.astype(np.float32).copy()
+    covered = np.zeros(thumb.shape[:2], bool)
+    side = max(1, int(round(size0 / scale)))
+    for (x, y), colour in zip(coords, colours):
+        tx, ty = int(x / scale), int(y / scale)
+        overlay[ty : ty + side, tx : tx + side] = colour
+        covered[ty : ty + side, tx : tx + side] = True
+    out = thumb.astype(np.float32)
+    out[covered] = (1 - alpha) * out[covered] + alpha * overlay[covered]
+    return out.astype(np.uint8)
+
+
+def attention_heatmaps(
+    model: torch.nn.Module, genes: list[str], slide_ids: list[str], slides_dir: Path, features_dir: Path,
+    out_dir: Path, thumbnail_size: int = 1024,
+) -> list[Path]:
+    import h5py
+    import openslide
+    from PIL import Image
+
+    from methods.m4.extract import load_features, output_paths
+
+    written = []
+    model.eval()
+    for sid in slide_ids:
+        candidates = sorted(slides_dir.glob(f"{sid}.*"))
+        if not candidates:
+            raise UserError(f"{slides_dir}: no slide file for '{sid}'")
+        h5_path = output_paths(features_dir, sid)[0]
+        if not h5_path.is_file():
+            raise UserError(f"{h5_path}: features/coords missing for '{sid}'")
+        with h5py.File(h5_path, "r") as f:
+            coords = f["coords"][:]
+            size0 = int(f["coords"].attrs.get("patch_size_level0", f["coords"].attrs.get("patch_size", 256)))
+        with torch.no_grad():
+            _, attention = model(load_features(features_dir, sid), return_attention=True)
+        with openslide.OpenSlide(str(candidates[0])) as slide:
+            thumb = np.asarray(slide.get_thumbnail((thumbnail_size, thumbnail_size)).convert("RGB"))
+            scale = slide.dimensions[0] / thumb.shape[1]
+        for gene, scores in zip(genes, attention.numpy()):
+            path = out_dir / f"{sid}_{gene}.png"
+            Image.fromarray(render(thumb, coords, size0, scale, scores)).save(path)
+            written.append(path)
+    return written
