@@ -20,10 +20,10 @@ class DataConfig:
 
 @dataclass
 class SyntheticConfig:
-    n_patients: int = 48
+    n_patients: int = 96
     genes: List[str] = field(default_factory=lambda: ["TP53", "PIK3CA", "CDH1", "GATA3"])
-    height: int = 1536  # level-0 pixels at 0.5 mpp
-    width: int = 2048
+    height: int = 1024  # level-0 pixels at 0.5 mpp
+    width: int = 1536
     seed: int = 0
 
 
