@@ -41,6 +41,14 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def register_schema(method: str, schema: type) -> None:
+    """Make the schema the base of conf/<method>.yaml (its defaults list starts with `<method>_schema`), so every schema
+    key can be overridden from the command line and a wrong type fails while composing."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=f"{method}_schema", node=schema)
+
+
 def _check_composes(method: str, overrides: list[str], conf_dir: str) -> None:
     """Compose once up front so that a mistyped override key fails in one line, before Hydra's multi-line report."""
     from hydra import compose, initialize_config_dir
@@ -98,8 +106,9 @@ def main(method: str, commands: dict[str, Command], schema: type, argv: list[str
     name, overrides = argv[0], argv[1:]
     if name not in commands:
         fail(f"unknown command '{name}' for methods.{method}; valid commands: {', '.join(commands)}")
+    register_schema(method, schema)
     flags, overrides = _split_flags(overrides)
-    overrides.append(f"+command={name}")
+    overrides.append(f"command={name}")
     if not flags:  # a sweep or --cfg/--info run cannot be composed as a single job here
         _check_composes(method, overrides, conf_dir)
     if not any(o.startswith("hydra.run.dir=") for o in overrides):

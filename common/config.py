@@ -82,7 +82,8 @@ class BaseConfig:
 def validate(cfg: DictConfig, schema: type) -> DictConfig:
     """Merge a composed config into its schema; unknown keys and wrong types become one-line UserErrors."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        # Merged as a plain container: a DictConfig already typed by the schema would carry keys appended with `+`.
+        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.to_container(cfg, resolve=False))
         # Resolved once here, so that a sub-config handed on alone (cfg.trainer) keeps values like ${seed}.
         OmegaConf.resolve(merged)
     except OmegaConfBaseException as e:

@@ -32,7 +32,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
 def run_name(run: Path, root: Path) -> str:
     overrides = run / ".hydra" / "overrides.yaml"
     if overrides.is_file():
-        items = [o for o in yaml.safe_load(overrides.read_text()) or [] if not o.startswith(("+command=", "hydra."))]
+        items = [o for o in yaml.safe_load(overrides.read_text()) or [] if not o.startswith(("command=", "hydra."))]
         if items:
             return ",".join(items)
     return str(run.relative_to(root)) if run != root and root in run.parents else run.name

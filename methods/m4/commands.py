@@ -338,6 +338,23 @@ def _print_table(metrics: dict[str, float], models: list[str], genes: list[str],
         print(f"{g:<10}" + "".join(f"{c:>18}" for c in cells))
 
 
+def labels_with_features(cfg: DictConfig, paths: Paths) -> m4data.Labels:
+    """The labels, less slides tiled here with no tissue (no features by design, left out with a warning); every
+    remaining slide must have features."""
+    from methods.m4.tiling import read_coords
+
+    if paths.labels_csv is None:
+        raise UserError("data.labels_csv is not set")
+    labels = m4data.read_labels(paths.labels_csv, list(cfg.data.genes))
+    coords = {s: paths.patches_dir / f"{s}.h5" for s in labels.slide_ids}
+    empty = {s for s, f in coords.items() if f.is_file() and len(read_coords(f).coords) == 0}
+    if empty:
+        log.warning("%d labelled slides have no tissue patches and are left out: %s", len(empty), ", ".join(sorted(empty)[:10]))
+        labels = m4data.without_slides(labels, empty)
+    m4data.check_features(labels, paths.features_dir)
+    return labels
+
+
 def _prepare(cfg: DictConfig) -> tuple[m4data.Labels, Paths, int]:
     synthetic = cfg.data.slides_dir is None and cfg.data.features_dir is None
     paths = resolve_paths(cfg)
@@ -346,10 +363,7 @@ def _prepare(cfg: DictConfig) -> tuple[m4data.Labels, Paths, int]:
             outcomes = fn(cfg, paths)
             if any(o.status == "failed" for o in outcomes):
                 raise UserError(f"synthetic cohort: {step} failed: {[o for o in outcomes if o.status == 'failed'][:3]}")
-    if paths.labels_csv is None:
-        raise UserError("data.labels_csv is not set")
-    labels = m4data.read_labels(paths.labels_csv, list(cfg.data.genes))
-    m4data.check_features(labels, paths.features_dir)
+    labels = labels_with_features(cfg, paths)
     from methods.m4.extract import load_features
 
     feat_dim = load_features(paths.features_dir, labels.slide_ids[0]).shape[1]
@@ -409,10 +423,7 @@ def eval(cfg: DictConfig, run_dir: Path) -> dict[str, float]:  # noqa: A001 - th
     """Re-score the saved best models of a train run on each split's test patients (features from data.*)."""
     source = latest_train_run(cfg.eval.run_dir)
     paths = resolve_paths(cfg, make_synthetic=False)
-    if paths.labels_csv is None:
-        raise UserError("data.labels_csv is not set")
-    labels = m4data.read_labels(paths.labels_csv, list(cfg.data.genes))
-    m4data.check_features(labels, paths.features_dir)
+    labels = labels_with_features(cfg, paths)
     index = {s: i for i, s in enumerate(labels.slide_ids)}
     results: dict[str, list[tuple[ModelRun, np.ndarray]]] = {}
     for meta_path in sorted(source.glob("*/**/model.json")):

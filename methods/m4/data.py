@@ -70,6 +70,11 @@ def read_labels(path: str | Path, genes: Sequence[str] = ()) -> Labels:
     return Labels(df.case_id.tolist(), df.slide_id.tolist(), genes, y)
 
 
+def without_slides(labels: Labels, slide_ids: set[str]) -> Labels:
+    keep = [i for i, s in enumerate(labels.slide_ids) if s not in slide_ids]
+    return Labels([labels.case_ids[i] for i in keep], [labels.slide_ids[i] for i in keep], labels.genes, labels.y[keep])
+
+
 def check_features(labels: Labels, features_dir: Path) -> None:
     """One error naming every labelled slide without features."""
     from methods.m4.extract import output_paths
@@ -124,7 +129,11 @@ def kfold_splits(labels: Labels, k: int = 5, val_size: float = 0.2, seed: int = 
     splits = []
     arr = np.array(patients, dtype=object)
     for i, (rest_idx, test_idx) in enumerate(skf.split(arr, strata)):
-        train, val = train_test_split(list(arr[rest_idx]), test_size=val_size, random_state=i, stratify=strata[rest_idx])
+        rest = strata[rest_idx]
+        # A small cohort may leave too few patients to stratify the validation part too; split it plainly then.
+        can_stratify = np.ceil(val_size * len(rest)) >= 2 and np.bincount(rest, minlength=2).min() >= 2
+        train, val = train_test_split(list(arr[rest_idx]), test_size=val_size, random_state=i,
+                                      stratify=rest if can_stratify else None)
         splits.append(Split(f"fold{i}", _rows(labels, set(train)), _rows(labels, set(val)), _rows(labels, set(arr[test_idx]))))
     return splits
 

@@ -96,8 +96,9 @@ def compose_config(*overrides: str):
     """conf/meow.yaml composed with overrides and validated, as the CLI does it (for benchmarks, notebooks, tests)."""
     from hydra import compose, initialize_config_dir
 
-    from common.cli import CONF_DIR
+    from common.cli import CONF_DIR, register_schema
     from common.config import validate
 
+    register_schema("meow", MeowConfig)
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         return validate(compose(config_name="meow", overrides=list(overrides)), MeowConfig)

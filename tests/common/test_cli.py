@@ -14,7 +14,7 @@ def toy_conf(tmp_path):
     conf = tmp_path / "conf"
     conf.mkdir()
     (conf / "toy.yaml").write_text(
-        "defaults:\n  - trainer: default\n  - logger: csv\n  - _self_\n"
+        "defaults:\n  - toy_schema\n  - trainer: default\n  - logger: csv\n  - _self_\n"
         f"hydra:\n  searchpath:\n    - file://{REPO / 'conf'}\n"
         "n: 40\ntrainer:\n  epochs: 2\n  progress: false\n  optimizer: sgd\n  lr: 0.05\n"
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from common.cli import CONF_DIR
+from common.cli import CONF_DIR, register_schema
 from common.config import BaseConfig, ModelConfig, validate
 from common.demo import available_methods
 
@@ -21,8 +21,9 @@ def schema_of(method: str) -> type:
 
 
 def composed(method: str, *overrides: str):
+    register_schema(method, schema_of(method))
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        return validate(compose(config_name=method, overrides=["+command=test", *overrides]), schema_of(method))
+        return validate(compose(config_name=method, overrides=["command=test", *overrides]), schema_of(method))
 
 
 def test_llama2_7b_composes_to_the_chat_checkpoint_and_default_is_tiny():
