@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from common.config import validate
 from common.dist import export_slurm_distributed_env, is_main_process
 from common.errors import UserError
+from common.results import write_results
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -130,8 +131,6 @@ def main(method: str, commands: dict[str, Command], schema: type, argv: list[str
             metrics = commands[name].fn(cfg, run_dir) or {}
         except UserError as e:
             fail(str(e))
-        from common.results import write_results
-
         if is_main_process():
             summary = write_results(run_dir, f"{method} {name}", metrics, OmegaConf.to_container(cfg, resolve=True))
             print(summary)

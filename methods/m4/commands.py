@@ -372,6 +372,8 @@ def _prepare(cfg: DictConfig) -> tuple[m4data.Labels, Paths, int]:
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     labels, paths, feat_dim = _prepare(cfg)
+    if cfg.train.cpu_threads and not torch.cuda.is_available():
+        torch.set_num_threads(cfg.train.cpu_threads)  # after extraction, which does use every core
     splits = _splits(cfg, labels)
     print(f"train: {len(labels.slide_ids)} slides, {len(set(labels.case_ids))} patients, genes {', '.join(labels.genes)}, "
           f"{feat_dim}-d features, {len(splits)} splits ({cfg.train.protocol})")

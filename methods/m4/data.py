@@ -65,8 +65,10 @@ def read_labels(path: str | Path, genes: Sequence[str] = ()) -> Labels:
             row = int(col.isna().idxmax()) + 2 if col.isna().any() else None
             where = f"line {row}: empty" if row else f"values {values[:5]}"
             raise UserError(f"{path}: column '{gene}' must be binary ({where})")
-        # As in the official code: the sorted distinct values map to 0 and 1.
-        y[:, k] = col.map({v: float(i) for i, v in enumerate(values)}).to_numpy()
+        # 0/1 keep their meaning; other binary codings map sorted distinct values to 0 and 1, as the official code
+        # does (which would also turn an all-1 column into all-0: hence the 0/1 case first).
+        codes = {v: float(v) for v in values} if set(values) <= {0, 1} else {v: float(i) for i, v in enumerate(values)}
+        y[:, k] = col.map(codes).to_numpy()
     return Labels(df.case_id.tolist(), df.slide_id.tolist(), genes, y)
 
 

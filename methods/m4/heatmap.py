@@ -19,6 +19,14 @@ def _percentiles(scores: np.ndarray) -> np.ndarray:
     return ranks / max(len(scores) - 1, 1)
 
 
+def _patch_size_level0(attrs: dict) -> int:
+    """Level-0 side of a patch: TRIDENT/ours store it; CLAM stores patch_size at patch_level and its downsample."""
+    if "patch_size_level0" in attrs:
+        return int(attrs["patch_size_level0"])
+    downsample = np.atleast_1d(attrs.get("downsample", 1.0))[0]
+    return int(round(int(attrs.get("patch_size", 256)) * float(downsample)))
+
+
 def render(thumb: np.ndarray, coords: np.ndarray, size0: int, scale: float, scores: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend a jet-coloured score per patch square onto an RGB thumbnail ([H, W, 3] uint8)."""
     import matplotlib
@@ -57,7 +65,7 @@ def attention_heatmaps(
             raise UserError(f"{h5_path}: features/coords missing for '{sid}'")
         with h5py.File(h5_path, "r") as f:
             coords = f["coords"][:]
-            size0 = int(f["coords"].attrs.get("patch_size_level0", f["coords"].attrs.get("patch_size", 256)))
+            size0 = _patch_size_level0(dict(f["coords"].attrs))
         with torch.no_grad():
             _, attention = model(load_features(features_dir, sid), return_attention=True)
         with openslide.OpenSlide(str(candidates[0])) as slide:

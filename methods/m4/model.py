@@ -347,6 +347,7 @@ def transfer_experts(model: M4, batched: bool) -> M4:
     out = copy.deepcopy(model)
     if model.batched != batched:
         out.experts = pack_experts(model.experts) if batched else unpack_experts(model.experts)
+        out.experts.train(model.experts.training)  # new modules start in training mode (dropout on)
     return out
 
 

@@ -33,6 +33,7 @@ class TileParams:
     seg_mpp: float = 8.0  # microns per pixel of the segmentation thumbnail (16x coarser than 0.5 mpp)
     thumbnail_max: int = 4096  # cap on the thumbnail's longest side
     min_saturation: float = 0.05  # floor on Otsu's threshold, so a blank slide does not split its noise in two
+    max_saturation: float = 0.15  # cap, so a slide with little glass is not split into stroma vs nuclei
     min_hole_um2: float = 2500.0  # holes in tissue smaller than this are filled
     min_speck_um2: float = 5000.0  # tissue specks smaller than this are dropped
 
@@ -110,7 +111,8 @@ def tissue_mask(slide, params: TileParams, mpp0: float) -> tuple[np.ndarray, flo
     thumb = np.asarray(slide.get_thumbnail((side, side)).convert("RGB"))
     scale = w0 / thumb.shape[1]  # level-0 px per thumbnail px
     saturation = rgb2hsv(thumb)[..., 1]
-    threshold = max(threshold_otsu(saturation), params.min_saturation) if np.ptp(saturation) > 0 else 1.0
+    otsu = threshold_otsu(saturation) if np.ptp(saturation) > 0 else params.min_saturation
+    threshold = min(max(otsu, params.min_saturation), params.max_saturation)
     mask = saturation > threshold
     um2_per_px = (scale * mpp0) ** 2
     mask = remove_small_holes(mask, max_size=int(params.min_hole_um2 / um2_per_px))
