@@ -1,0 +1,115 @@
+"""Shared fixtures for the M4 tests: tiny synthetic slides made once per session, a small random backbone, and
+helpers to compose the config and run the CLI."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Small enough for a 2-core CPU: a 512 x 768 slide at 0.5 mpp holds 6 grid cells of 256 px.
+HEIGHT, WIDTH = 512, 768
+
+
+def compose_m4(*overrides: str):
+    """conf/m4.yaml composed with overrides and validated against the schema, as the CLI does it."""
+    from hydra import compose, initialize_config_dir
+
+    from common.cli import CONF_DIR, register_schema
+    from common.config import validate
+    from methods.m4.config import M4Config
+
+    register_schema("m4", M4Config)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return validate(compose(config_name="m4", overrides=list(overrides)), M4Config)
+
+
+def cli_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "methods.m4", *args], cwd=REPO, env=cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def tile_into(slides: list[Path], patches_dir: Path, **params) -> dict[str, np.ndarray]:
+    """Tile slides in-process into patches_dir/<slide>.h5; returns the coordinates per slide id."""
+    import openslide
+
+    from methods.m4.tiling import TileParams, slide_id_of, tile_slide, write_coords
+
+    out = {}
+    for path in slides:
+        result = tile_slide(path, TileParams(**params))
+        with openslide.OpenSlide(str(path)) as slide:
+            write_coords(patches_dir / f"{slide_id_of(path)}.h5", result, slide)
+        out[result.slide_id] = result.coords
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_cpu_thread():
+    """Bags here hold a few dozen patches: with 2 intra-op threads such tiny ops spend more time synchronising than
+    computing, so the M4 tests run on one (restored after each module, so other suites keep their setting)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def cohort(tmp_path_factory):
+    """(slides_dir, labels_csv) of 8 synthetic patients (some with two slides), 512 x 768 px at 0.5 mpp."""
+    from methods.m4.slides import make_cohort
+
+    root = tmp_path_factory.mktemp("cohort")
+    return make_cohort(root, n_patients=8, height=HEIGHT, width=WIDTH, workers=1, seed=3)
+
+
+@pytest.fixture(scope="session")
+def slide40(tmp_path_factory):
+    """(path, level-0 RGB) of a 40x slide: 0.25 mpp, 3 levels (downsamples 1, 2, 4), written losslessly."""
+    from methods.m4.slides import render_slide, write_pyramid_tiff
+
+    path = tmp_path_factory.mktemp("slide40") / "s40.tiff"
+    rgb = render_slide((1, 1, 0, 0), 1024, 1536, seed=2, mpp=0.25)
+    write_pyramid_tiff(path, rgb, mpp=0.25, n_levels=3)
+    return path, rgb
+
+
+@pytest.fixture(scope="session")
+def backbone():
+    """ResNet-18 with random weights (512-d), as the synthetic demo uses."""
+    from methods.m4.extract import build_backbone
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return build_backbone("resnet18", "random", allow_random_weights=True)
+
+
+@pytest.fixture(scope="session")
+def extracted(cohort, backbone, tmp_path_factory):
+    """(slides, patches_dir, features_dir, coords per slide) for the first 3 cohort slides, tiled and extracted once.
+    Tests that modify the outputs must work on a copy."""
+    from methods.m4.extract import extract, plan_jobs
+    from methods.m4.tiling import list_slides
+
+    slides_dir, _ = cohort
+    slides = list_slides(slides_dir)[:3]
+    root = tmp_path_factory.mktemp("extracted")
+    patches, features = root / "patches", root / "features"
+    coords = tile_into(slides, patches)
+    jobs, outcomes = plan_jobs(slides, patches, features)
+    assert outcomes == [] and len(jobs) == 3
+    outcomes = extract(jobs, backbone, features, input_size=32, batch_size=4, num_workers=0, progress=False)
+    assert sorted(o.status for o in outcomes) == ["done"] * 3
+    return slides, patches, features, coords
