@@ -12,56 +12,100 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-from common.config import validate
+from common.config import as_dict, compose_raw, field_docs, validate
 from common.dist import export_slurm_distributed_env, is_main_process
 from common.errors import UserError
+from common.items import ItemsFailed
 from common.results import write_results
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+RUNS_DIR, SWEEPS_DIR = "outputs", "multirun"
 
 
 @dataclass(frozen=True)
 class Command:
-    fn: Callable[[DictConfig, Path], dict[str, float] | None]
-    help: str
+    fn: Callable[[Any, Path], dict[str, float] | None]
+    help: str  # one line: what the command does
+    reads: str = ""  # what it reads
+    writes: str = ""  # what it leaves in the run dir (and the cache)
+    keys: tuple[str, ...] = ()  # config sections / keys it uses, listed by `<command> --help`
 
 
-def _usage(method: str, commands: dict[str, Command]) -> str:
-    width = max(len(name) for name in commands)
-    lines = [f"usage: python -m methods.{method} <command> [hydra overrides]", "", "commands:"]
-    lines += [f"  {name:<{width}}  {cmd.help}" for name, cmd in commands.items()]
-    lines += ["", f"overrides: key=value, +model=<name>, -m for a sweep; config: conf/{method}.yaml"]
+@dataclass(frozen=True)
+class Method:
+    name: str
+    schema: type
+    commands: dict[str, Command]
+    table: Callable[[dict[str, float]], str] | None = None  # the paper-shaped table of a main-job run's metrics
+    main_job: str = "train"
+
+
+def run_root(method: str, command: str) -> Path:
+    """Where single runs of a command go: outputs/<method>/<command>/<launch time>/."""
+    return Path(RUNS_DIR) / method / command
+
+
+def latest_run(method: str, command: str, marker: str = "results.json") -> Path:
+    """The newest run dir of a command that holds `marker` (run dirs are named by launch time, so they sort)."""
+    candidates = sorted(run_root(method, command).glob(f"*/{marker}"))
+    if not candidates:
+        raise UserError(f"no finished `{command}` run under {run_root(method, command)}; name one with its run_dir key")
+    return candidates[-1].parent
+
+
+def _usage(method: Method) -> str:
+    width = max(len(name) for name in method.commands)
+    lines = [f"usage: python -m methods.{method.name} <command> [hydra overrides]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {cmd.help}" for name, cmd in method.commands.items()]
+    lines += ["", f"`<command> --help`: what a command reads, writes and which keys it uses; config: conf/{method.name}.yaml",
+              "overrides: key=value, +experiment=<preset>, -m for a sweep; Hydra's own help: --hydra-help"]
     return "\n".join(lines)
 
 
-def fail(message: str) -> None:
+def _leaves(node: Any, prefix: str) -> list[tuple[str, Any]]:
+    if isinstance(node, dict):
+        return [kv for k, v in node.items() for kv in _leaves(v, f"{prefix}.{k}" if prefix else str(k))]
+    return [(prefix, node)]
+
+
+def command_help(method: Method, name: str, overrides: list[str], conf_dir: str = CONF_DIR) -> str:
+    """What a command does, reads and writes, and its keys with their composed values and one-line docs."""
+    cmd = method.commands[name]
+    lines = [f"usage: python -m methods.{method.name} {name} [key=value ...]", "", cmd.help]
+    lines += [f"reads:  {cmd.reads}"] * bool(cmd.reads) + [f"writes: {cmd.writes}"] * bool(cmd.writes)
+    cfg = validate(compose_raw(method.name, method.schema, [*overrides, f"command={name}"], conf_dir), method.schema)
+    docs = field_docs(method.schema)
+    values = dict(_leaves(as_dict(cfg), ""))
+    keys = [k for k in docs if any(k == p or k.startswith(p + ".") for p in cmd.keys)]
+    if keys:
+        width = min(max(len(f"{k}={values[k]}") for k in keys), 48)
+        lines += ["", "keys (value as composed now; set with key=value):"]
+        lines += [f"  {f'{k}={values[k]}':<{width}}  {docs[k]}" for k in keys]
+    return "\n".join(lines)
+
+
+def fail(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
-def register_schema(method: str, schema: type) -> None:
-    """Make the schema the base of conf/<method>.yaml (its defaults list starts with `<method>_schema`), so every schema
-    key can be overridden from the command line and a wrong type fails while composing."""
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name=f"{method}_schema", node=schema)
-
-
-def _check_composes(method: str, overrides: list[str], conf_dir: str) -> None:
-    """Compose once up front so that a mistyped override key fails in one line, before Hydra's multi-line report."""
-    from hydra import compose, initialize_config_dir
+def _precheck(method: Method, overrides: list[str], conf_dir: str) -> None:
+    """Compose and validate once before Hydra starts, so a bad setting fails in one line before anything (.hydra/
+    included) is written."""
     from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
-    plain = [o for o in overrides if not o.startswith("-") and not o.startswith("hydra")]
+    plain = [o for o in overrides if not o.startswith(("hydra.", "hydra/"))]
     try:
-        with initialize_config_dir(config_dir=conf_dir, version_base=None):
-            compose(config_name=method, overrides=plain)
+        validate(compose_raw(method.name, method.schema, plain, conf_dir), method.schema)
     except (HydraException, OmegaConfBaseException) as e:
         fail(f"config: {str(e).splitlines()[0]}")
+    except UserError as e:
+        fail(str(e))
 
 
 def _split_flags(args: list[str]) -> tuple[list[str], list[str]]:
@@ -99,43 +143,59 @@ def launch_stamp() -> str:
     return time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(started))
 
 
-def main(method: str, commands: dict[str, Command], schema: type, argv: list[str] | None = None, conf_dir: str = CONF_DIR) -> None:
+def main(method: Method, argv: list[str] | None = None, conf_dir: str = CONF_DIR) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(_usage(method, commands))
+        print(_usage(method))
         sys.exit(0 if argv else 2)
-    name, overrides = argv[0], argv[1:]
-    if name not in commands:
-        fail(f"unknown command '{name}' for methods.{method}; valid commands: {', '.join(commands)}")
-    register_schema(method, schema)
-    flags, overrides = _split_flags(overrides)
+    name, rest = argv[0], argv[1:]
+    if name not in method.commands:
+        fail(f"unknown command '{name}' for methods.{method.name}; valid commands: {', '.join(method.commands)}")
+    flags, overrides = _split_flags(rest)
+    if "-h" in flags or "--help" in flags:
+        try:
+            print(command_help(method, name, overrides, conf_dir))
+        except UserError as e:
+            fail(str(e))
+        sys.exit(0)
+    flags = ["--help" if f == "--hydra-help" else f for f in flags]
     overrides.append(f"command={name}")
-    if not flags:  # a sweep or --cfg/--info run cannot be composed as a single job here
-        _check_composes(method, overrides, conf_dir)
+    if not flags:  # a sweep (-m) or --cfg/--info run is not one job: its jobs validate themselves
+        _precheck(method, overrides, conf_dir)
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=f"{method.name}_schema", node=method.schema)
     if not any(o.startswith("hydra.run.dir=") for o in overrides):
-        overrides.append(f"hydra.run.dir=outputs/{method}/{name}/{launch_stamp()}")
+        overrides.append(f"hydra.run.dir={run_root(method.name, name)}/{launch_stamp()}")
     if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
-        overrides.append(f"hydra.sweep.dir=multirun/{method}/{name}/${{now:%Y-%m-%d_%H-%M-%S}}")
+        overrides.append(f"hydra.sweep.dir={SWEEPS_DIR}/{method.name}/{name}/${{now:%Y-%m-%d_%H-%M-%S}}")
 
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    def job(cfg: DictConfig) -> dict | None:
+    def job(raw: DictConfig) -> dict | None:
+        metrics: dict[str, float] = {}
+        error: UserError | None = None
         try:
-            cfg = validate(cfg, schema)
+            cfg = validate(raw, method.schema)
             export_slurm_distributed_env()
             run_dir = Path(HydraConfig.get().runtime.output_dir)
             from accelerate.utils import set_seed
 
             set_seed(cfg.seed)
-            metrics = commands[name].fn(cfg, run_dir) or {}
+            metrics = method.commands[name].fn(cfg, run_dir) or {}
+        except ItemsFailed as e:  # the other items finished: record what they gave, then fail
+            metrics, error = e.metrics, e
         except UserError as e:
             fail(str(e))
         if is_main_process():
-            summary = write_results(run_dir, f"{method} {name}", metrics, OmegaConf.to_container(cfg, resolve=True))
-            print(summary)
-            print(f"\nrun dir: {run_dir}")
+            write_results(run_dir, f"{method.name} {name}", metrics, as_dict(cfg))
+            if method.table is not None and name == method.main_job:
+                print("\n" + method.table(metrics))
+            print(f"\nrun dir: {run_dir} (all metrics: summary.md, results.json)")
+        if error is not None:
+            fail(str(error))
         return metrics
 
-    sys.argv = [f"methods.{method}", *flags, *overrides]
-    hydra.main(config_path=conf_dir, config_name=method, version_base=None)(job)()
+    sys.argv = [f"methods.{method.name}", *flags, *overrides]
+    hydra.main(config_path=conf_dir, config_name=method.name, version_base=None)(job)()

@@ -7,7 +7,6 @@ from typing import Any, Protocol
 
 from common.config import LoggerConfig
 from common.dist import is_main_process
-from common.errors import UserError
 
 
 class Logger(Protocol):
@@ -47,8 +46,6 @@ class WandbLogger:
     def __init__(self, cfg: LoggerConfig, run_dir: Path, config: dict[str, Any]):
         import wandb
 
-        if cfg.mode not in ("offline", "online", "disabled"):
-            raise UserError(f"logger.mode: '{cfg.mode}' is not one of offline, online, disabled")
         self.run = wandb.init(project=cfg.project, entity=cfg.entity, mode=cfg.mode, dir=str(run_dir), config=config)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -58,10 +55,21 @@ class WandbLogger:
         self.run.finish()
 
 
+class Prefixed:
+    """Several trainings of one run share one metrics file; each logs under its own name (`finetune_target/...`)."""
+
+    def __init__(self, inner: Logger, prefix: str):
+        self.inner, self.prefix = inner, prefix
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.inner.log({f"{self.prefix}/{k}": v for k, v in metrics.items()}, step)
+
+    def finish(self) -> None:
+        pass  # the shared logger is finished by its owner
+
+
 def make_logger(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any] | None = None) -> Logger:
     """Only the main process logs; the others get a NullLogger."""
-    if cfg.kind not in ("csv", "wandb", "none"):
-        raise UserError(f"logger.kind: '{cfg.kind}' is not one of csv, wandb, none")
     if cfg.kind == "none" or not is_main_process():
         return NullLogger()
     if cfg.kind == "csv":

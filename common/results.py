@@ -21,14 +21,16 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def format_number(value: Any) -> str:
+def format_number(value: Any, digits: int = 4) -> str:
+    """Floats to `digits` significant digits (0.7423, 374.4, 7.463e+06); anything else as str."""
     if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
-            return f"{value:.3e}"
-        return f"{value:.4f}"
+        return "nan" if math.isnan(value) else f"{value:.{digits}g}"
     return str(value)
+
+
+def mean_std(mean: float, std: float) -> str:
+    """`0.742 ± 0.031`, three significant digits of the mean; empty for a missing mean."""
+    return "" if math.isnan(mean) else f"{mean:.3g} ± {std:.2g}"
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:

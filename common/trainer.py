@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from common.checkpoint import without_shared
 from common.config import TrainerConfig
 from common.errors import UserError
 from common.loggers import Logger, NullLogger
@@ -94,22 +95,9 @@ def _optimizer(params_with_names: list[tuple[str, torch.nn.Parameter]], cfg: Tra
     return kinds[cfg.optimizer](groups, lr=cfg.lr)
 
 
-def _without_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """safetensors refuses tensors that share memory (tied embeddings); keep the first name of each."""
-    seen: set[tuple[int, int]] = set()
-    out = {}
-    for k, v in state.items():
-        key = (v.untyped_storage().data_ptr(), v.storage_offset())
-        if key in seen:
-            continue
-        seen.add(key)
-        out[k] = v.detach().contiguous().cpu()
-    return out
-
-
 def _load_weights(model: torch.nn.Module, path: Path) -> None:
     missing, unexpected = model.load_state_dict(load_file(path), strict=False)
-    tied = {k for k, v in model.state_dict().items()} - set(_without_shared(model.state_dict()))
+    tied = {k for k, v in model.state_dict().items()} - set(without_shared(model.state_dict()))
     if unexpected or set(missing) - tied:
         raise UserError(f"{path}: weights do not fit the model (missing {sorted(set(missing) - tied)[:5]}, unexpected {unexpected[:5]})")
 
@@ -198,7 +186,7 @@ def fit(task: Task, cfg: TrainerConfig | DictConfig | dict, out_dir: str | Path,
         _set_rng_state(torch.load(ckpt_dir / f"rng.rank{rank}.pt", weights_only=True))
 
     def save_checkpoint(step: int) -> None:
-        weights = _without_shared(accelerator.get_state_dict(model))
+        weights = without_shared(accelerator.get_state_dict(model))
         tmp = out_dir / "checkpoints" / f"tmp-{step}"
         if accelerator.is_main_process:
             tmp.mkdir(parents=True, exist_ok=True)
@@ -235,7 +223,7 @@ def fit(task: Task, cfg: TrainerConfig | DictConfig | dict, out_dir: str | Path,
         value, best = metrics[cfg.best_metric], state["best"]
         if best is None or (value > best if cfg.best_mode == "max" else value < best):
             state.update(best=value, best_step=step)
-            weights = _without_shared(accelerator.get_state_dict(model))
+            weights = without_shared(accelerator.get_state_dict(model))
             if accelerator.is_main_process:
                 best_dir.mkdir(parents=True, exist_ok=True)
                 save_file(weights, best_dir / "model.safetensors")

@@ -14,7 +14,7 @@ def toy_conf(tmp_path):
     conf = tmp_path / "conf"
     conf.mkdir()
     (conf / "toy.yaml").write_text(
-        "defaults:\n  - toy_schema\n  - trainer: default\n  - logger: csv\n  - _self_\n"
+        "defaults:\n  - toy_schema\n  - logger: csv\n  - _self_\n"
         f"hydra:\n  searchpath:\n    - file://{REPO / 'conf'}\n"
         "n: 40\ntrainer:\n  epochs: 2\n  progress: false\n  optimizer: sgd\n  lr: 0.05\n"
     )
@@ -47,7 +47,7 @@ def test_help_lists_commands_and_unknown_command_exits_2(toy_conf, tmp_path):
     assert proc.returncode == 0 and "train" in proc.stdout and "fit the toy regression" in proc.stdout
     proc = toy(toy_conf, "trian", cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["error: unknown command 'trian' for methods.toy; valid commands: train, eval"]
+    assert proc.stderr.strip().splitlines() == ["error: unknown command 'trian' for methods.toy; valid commands: train, eval, items"]
 
 
 @pytest.mark.parametrize("override", ["trainer.lrr=0.1", "+trainer.lrr=0.1", "trainer.lr=fast"])
@@ -63,8 +63,46 @@ def test_user_error_keeps_what_was_written(toy_conf, tmp_path):
     run.mkdir()
     (run / "earlier.txt").write_text("keep me")
     proc = toy(toy_conf, "train", "n=0", f"hydra.run.dir={run}", cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.strip() == "error: n: must be positive, got 0"
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: config: n=0: must be >= 1 (examples of the toy regression)"
     assert (run / "earlier.txt").read_text() == "keep me"
+    assert sorted(p.name for p in run.iterdir()) == ["earlier.txt"]  # checked before Hydra wrote .hydra/
+
+
+@pytest.mark.parametrize("override", ["+trainer.api_key=sk-secret", "+api_key=sk-secret", "trainer.batch_size=-1",
+                                      "trainer.lr=-1", "shard=2", "logger.kind=tensorboard"])
+def test_rejected_setting_leaves_a_finished_run_untouched(toy_conf, tmp_path, override):
+    run = tmp_path / "run"
+    proc = toy(toy_conf, "train", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    proc = toy(toy_conf, "train", override, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("error: config:") and "sk-secret" not in "".join(p.read_text(errors="ignore") for p in run.rglob("*") if p.is_file())
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_one_bad_item_fails_the_run_at_the_end_after_the_others(toy_conf, tmp_path):
+    run = tmp_path / "run"
+    proc = toy(toy_conf, "items", "bad_items=1", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: items: 1 of 4 items failed: item0 (ValueError: item 0 is bad) (details: {run / 'items_summary.json'})"]
+    assert sorted(p.name for p in run.glob("item*.txt")) == ["item1.txt", "item2.txt", "item3.txt"]
+    summary = json.loads((run / "items_summary.json").read_text())
+    assert [o["status"] for o in summary] == ["failed", "done", "done", "done"]
+    assert json.loads((run / "results.json").read_text())["metrics"]["items/failed"] == 1.0
+
+
+def test_command_help_says_what_it_does_and_lists_its_keys(toy_conf, tmp_path):
+    proc = toy(toy_conf, "train", "--help", "trainer.lr=0.3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "fit the toy regression" in out and "writes: metrics.csv" in out
+    assert "n=40" in out and "examples of the toy regression" in out
+    assert "trainer.lr=0.3" in out and "peak learning rate" in out and "trainer.epochs" not in out
+    assert not (tmp_path / "outputs").exists()
+    hydra_help = toy(toy_conf, "train", "--hydra-help", cwd=tmp_path)
+    assert hydra_help.returncode == 0 and "Powered by Hydra" in hydra_help.stdout
 
 
 def test_sweep_through_the_local_launcher_runs_both_jobs(toy_conf, tmp_path):

@@ -4,7 +4,7 @@ import pytest
 
 from common.errors import UserError
 from common.io import atomic_write, read_records, write_json
-from common.shard import merge_shards, shard_items, shard_path
+from common.items import merge_shards, shard_items, shard_path
 
 
 def test_jsonl_missing_field_names_file_line_and_field(tmp_path):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from common.config import LoraSettings, ModelConfig
+from common.config import LoraConfig, ModelConfig
 from common.errors import UserError
 from common.models import attach_lora, load_causal_lm, load_model, save_model, tiny_model_path
 
@@ -23,7 +23,7 @@ def test_tiny_model_round_trip_through_from_pretrained(tmp_path, name):
 
 
 def test_lora_adapter_saves_and_loads_onto_base(tmp_path):
-    cfg = ModelConfig(name_or_path="tiny-llama", lora=LoraSettings(r=4))
+    cfg = ModelConfig(name_or_path="tiny-llama", lora=LoraConfig(r=4))
     model, tok = load_causal_lm(cfg, tmp_path, corpus=CORPUS)
     model = attach_lora(model, cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

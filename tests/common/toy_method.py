@@ -7,11 +7,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
-
-from common.cli import Command, main
-from common.config import BaseConfig
-from common.errors import UserError
+from common.cli import Command, Method, main
+from common.config import BaseConfig, opt
+from common.items import Outcome, run_each, summarize
 from common.loggers import make_logger
 from common.trainer import fit
 from tests.common.toy import toy_data, toy_task
@@ -19,20 +17,34 @@ from tests.common.toy import toy_data, toy_task
 
 @dataclass
 class ToyConfig(BaseConfig):
-    n: int = 40
+    n: int = opt(40, "examples of the toy regression", ge=1)
+    bad_items: int = opt(0, "`items` command: how many of its 4 items fail", ge=0)
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    if cfg.n <= 0:
-        raise UserError(f"n: must be positive, got {cfg.n}")
+def train(cfg: ToyConfig, run_dir: Path) -> dict[str, float]:
     (run_dir / "partial.txt").write_text("written before the failure")
     result = fit(toy_task(data=toy_data(cfg.n)), cfg.trainer, run_dir, make_logger(cfg.logger, run_dir))
     return {"train_loss": result.metrics["train/loss"]}
 
 
-COMMANDS = {"train": Command(train, "fit the toy regression"), "eval": Command(train, "same, to have two commands")}
+def items(cfg: ToyConfig, run_dir: Path) -> dict[str, float]:
+    def work(i: int) -> Outcome:
+        if i < cfg.bad_items:
+            raise ValueError(f"item {i} is bad")
+        (run_dir / f"item{i}.txt").write_text("done")
+        return Outcome(f"item{i}", "done", 1)
+
+    return summarize(run_each(range(4), lambda i: f"item{i}", work), run_dir, "items")
+
+
+COMMANDS = {
+    "train": Command(train, "fit the toy regression", reads="nothing", writes="metrics.csv", keys=("n", "trainer.lr")),
+    "eval": Command(train, "same, to have two commands"),
+    "items": Command(items, "four item jobs, some failing"),
+}
+METHOD = Method("toy", ToyConfig, COMMANDS)
 
 if __name__ == "__main__":
     from tests.common import toy_method
 
-    main("toy", toy_method.COMMANDS, toy_method.ToyConfig, conf_dir=sys.argv.pop(1))
+    main(toy_method.METHOD, conf_dir=sys.argv.pop(1))
