@@ -6,17 +6,15 @@ on this machine. Usage: python bench/trainer_overhead.py [--steps 40]
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common.config import ModelConfig, TrainerConfig  # noqa: E402
-from common.models import load_causal_lm  # noqa: E402
-from common.trainer import Task, batches_for_step, fit  # noqa: E402
+from common.config import ModelConfig, TrainerConfig
+from common.models import load_causal_lm
+from common.trainer import Task, batches_for_step, fit
 
 
 def lm_loss(model, batch):

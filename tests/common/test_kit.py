@@ -1,0 +1,112 @@
+"""The kit's pieces on their own: checks at composition, keys, stages, registry, module checkpoints."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import List, Optional
+
+import pytest
+import torch
+
+from common.checkpoint import load_module, save_module
+from common.config import MODEL, PATH, opt, section, validate
+from common.errors import UserError
+from common.registry import create, names, register
+from common.stages import key_of, run_stage, stage_path
+
+
+@dataclass
+class Inner:
+    size: int = opt(4, "a size", ge=1)
+    workers: int = opt(2, "loader workers", ge=0, key=False)
+
+
+@dataclass
+class Demo:
+    inner: Inner = section(Inner, "inner section")
+    rate: float = opt(0.5, "a fraction", gt=0, le=1)
+    kind: str = opt("a", "a choice", choices=("a", "b"))
+    kinds: List[str] = opt(["a"], "choices in a list", choices=("a", "b"))
+    weights: Optional[str] = opt(None, "a file", exists=PATH)
+    checkpoint: str = opt("org/name", "hub id or local dir", exists=MODEL)
+    net: str = opt("tiny", "a registered net", registry="test.net")
+
+
+@register("test.net", "tiny")
+def tiny_net(width: int = 3) -> torch.nn.Module:
+    return torch.nn.Linear(width, 2)
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"inner": {"size": 0}}, "config: inner.size=0: must be >= 1 (a size)"),
+    ({"rate": 1.5}, "config: rate=1.5: must be <= 1 (a fraction)"),
+    ({"kind": "c"}, "config: kind='c': not one of a, b"),
+    ({"kinds": ["a", "z"]}, "config: kinds='z': not one of a, b"),
+    ({"weights": "/no/such/file.pt"}, "config: weights=/no/such/file.pt: path does not exist (a file)"),
+    ({"checkpoint": "./no/such/dir"}, "config: checkpoint=./no/such/dir: path does not exist (hub id or local dir)"),
+    ({"net": "huge"}, "config: net='huge': not one of tiny"),
+    ({"inner": {"size": "big"}}, "config: Value 'big' of type 'str' could not be converted to Integer"),
+])
+def test_bad_setting_is_one_line(override, message):
+    with pytest.raises(UserError) as e:
+        validate(override, Demo)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_validate_returns_the_schema_object_and_paths_can_be_skipped():
+    cfg = validate({"checkpoint": "meta-llama/Llama-2-7b-chat-hf", "inner": {"size": 8}}, Demo)
+    assert isinstance(cfg, Demo) and cfg.inner.size == 8
+    assert validate({"weights": "/not/here.pt"}, Demo, paths=False).weights == "/not/here.pt"
+
+
+def test_key_changes_with_settings_that_matter_only():
+    base = Demo()
+    assert key_of(base) == key_of(Demo())
+    assert key_of(base) != key_of(replace(base, inner=Inner(size=5)))
+    assert key_of(base) == key_of(replace(base, inner=Inner(workers=7)))  # key=False
+    assert stage_path("c", "m/s", base, label="x").parent.as_posix() == "c/m/s"
+
+
+def test_stage_runs_once_and_is_complete_or_absent(tmp_path, capsys):
+    calls = []
+    path = tmp_path / "out.txt"
+
+    def write(tmp):
+        calls.append(1)
+        tmp.write_text("result")
+
+    assert run_stage("demo", path, write) == path and path.read_text() == "result"
+    run_stage("demo", path, write)
+    assert len(calls) == 1 and "[ cached ] demo" in capsys.readouterr().out
+
+    def broken(tmp):
+        tmp.mkdir()
+        (tmp / "half").write_text("x")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        run_stage("broken", tmp_path / "dir", broken)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]  # neither the output nor its temp remains
+
+
+def test_stage_with_compute_writes_the_computed_value(tmp_path):
+    out = run_stage("c", tmp_path / "v.txt", lambda tmp, v: tmp.write_text(str(v)), compute=lambda: 41 + 1)
+    assert out.read_text() == "42"
+
+
+def test_registry_lists_valid_names_in_the_error():
+    assert "tiny" in names("test.net") and isinstance(create("test.net", "tiny", width=5), torch.nn.Linear)
+    with pytest.raises(UserError, match=r"unknown test.net 'huge'; valid: tiny"):
+        create("test.net", "huge")
+    with pytest.raises(ValueError, match="registered twice"):
+        register("test.net", "tiny")(lambda: None)
+
+
+def test_module_checkpoint_round_trip(tmp_path):
+    net = tiny_net(width=6)
+    save_module(net, tmp_path / "m", "test.net", "tiny", {"width": 6}, genes=["TP53"])
+    loaded, meta = load_module(tmp_path / "m")
+    assert meta["genes"] == ["TP53"] and not loaded.training
+    x = torch.randn(2, 6)
+    assert torch.equal(loaded(x), net(x))
+    with pytest.raises(UserError, match="no model.json"):
+        load_module(tmp_path)
