@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-
-import torch
+from dataclasses import replace
 
 
 def main(argv: list[str]) -> int:
@@ -20,44 +19,42 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     args = p.parse_args(argv)
 
-    from methods.meow import commands, tofu_eval
-    from methods.meow.config import compose_config
-    from methods.meow.memo import MemoSettings, answer_keys, memo_batched, memo_simple
+    from common.config import compose
+    from methods.meow import pipeline, tofu_eval
+    from methods.meow.memo import answer_keys, memo_batched, memo_simple
 
-    cfg = compose_config(f"cache_dir={args.cache_dir}")
-    source = commands.source_of(cfg)
-    inverted, _ = commands.inverted_rows(cfg, source)
-    model, tok = commands.load_lm(cfg, source, commands.finetuned_path(cfg, source, "target"))
+    cfg = compose("meow", f"cache_dir={args.cache_dir}", f"memo.batch_size={args.batch_size}")
+    source = pipeline.source_of(cfg)
+    inverted, _ = pipeline.inverted_rows(cfg, source)
+    model, tok = pipeline.load_lm(cfg, source, pipeline.finetuned_path(cfg, source, "target"))
     model.eval()
-    torch.set_num_threads(torch.get_num_threads())
     pairs = [(r["question"], r[k]) for r in inverted[: args.rows] for k in answer_keys(r)]
-    settings = MemoSettings(batch_size=args.batch_size)
-    n_windows = sum(len(range(1, len(a), settings.stride)) for _, a in pairs)
+    n_windows = sum(len(range(1, len(a), cfg.memo.stride)) for _, a in pairs)
 
-    memo_batched(model, tok, pairs[:2], settings)  # warm-up (first-call allocations)
+    memo_batched(model, tok, pairs[:2], cfg.memo)  # warm-up (first-call allocations)
     t0 = time.perf_counter()
-    batched = memo_batched(model, tok, pairs, settings)
+    batched = memo_batched(model, tok, pairs, cfg.memo)
     t_batched = time.perf_counter() - t0
     t0 = time.perf_counter()
-    simple = [memo_simple(model, tok, q, a, settings) for q, a in pairs]
+    simple = [memo_simple(model, tok, q, a, cfg.memo) for q, a in pairs]
     t_simple = time.perf_counter() - t0
 
-    worst = max(abs(a - b) for a, b in zip(batched, simple))
+    worst = max(abs(a - b) for a, b in zip(batched, simple, strict=True))
     mean_gap = abs(sum(batched) / len(batched) - sum(simple) / len(simple))
     same = worst <= 0.01 and mean_gap <= 0.001
-    print(f"MEMO: {len(pairs)} answers, {n_windows} windows, greedy up to {settings.max_new_tokens} new tokens")
+    print(f"MEMO: {len(pairs)} answers, {n_windows} windows, greedy up to {cfg.memo.max_new_tokens} new tokens")
     print(f"  simple (one window at a time): {t_simple:8.2f} s")
-    print(f"  batched (batch {settings.batch_size}):           {t_batched:8.2f} s")
+    print(f"  batched (batch {cfg.memo.batch_size}):           {t_batched:8.2f} s")
     print(f"  speed-up: {t_simple / t_batched:.1f}x (goal >= 8x)")
     print(f"  max per-answer |diff| {worst:.4f} (<= 0.01), mean |diff| {mean_gap:.5f} (<= 0.001): {'same' if same else 'DIFFERENT'}")
 
-    splits = commands.eval_splits(cfg, source)
+    splits = pipeline.eval_splits(cfg, source)
     timings = {}
     logs = {}
     for bs in (1, args.batch_size):
-        s = tofu_eval.EvalSettings(cfg.model.family, cfg.data.max_length, cfg.eval.max_new_tokens, bs, None)
         t0 = time.perf_counter()
-        logs[bs] = tofu_eval.evaluate(model, tok, splits, s)
+        logs[bs] = tofu_eval.evaluate(model, tok, splits, replace(cfg.eval, batch_size=bs), family=cfg.model.family,
+                                      max_length=cfg.data.max_length)
         timings[bs] = time.perf_counter() - t0
     a, b = (tofu_eval.aggregate(logs[bs], None) for bs in (1, args.batch_size))
     eval_gap = max(abs(a[k] - b[k]) for k in a)

@@ -1,104 +1,126 @@
-"""MEOW's config schema: what `conf/meow.yaml` and the experiment presets may set (a mistyped key fails at once)."""
+"""MEOW's settings, each declared once with its default, its one-line doc and its checks.
+
+conf/meow.yaml and the presets in conf/experiment/meow/ hold only choices that differ from these defaults. The
+domain modules receive these sections as they are (`score_rows(model, tok, rows, cfg.memo)`); this file imports none
+of them, so the loss and inverter names are checked against the registry they fill.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
-from common.config import BaseConfig, ModelConfig, TrainerConfig
+from common.config import MODEL, PATH, BaseConfig, ModelConfig, TrainerConfig, opt, section
+from common.errors import UserError
 
 
 @dataclass
 class DataConfig:
-    source: str = "synthetic"  # synthetic (generated, cached) | local (a directory of TOFU split files) | hf
-    path: Optional[str] = None  # the directory for source=local
-    full_split: str = "full"
-    forget_split: str = "forget10"
-    retain_split: str = "retain90"
-    # A tiny model has no pre-training, so the general-knowledge sets TOFU's utility measures must be taught with
-    # the fine-tuning data (both target and retain model see them); empty for real models.
-    extra_finetune_splits: List[str] = field(default_factory=list)
-    max_length: int = 200
-    n_authors: int = 20  # synthetic only
-    qa_per_author: int = 10
-    n_general: int = 20
+    """TOFU splits: generated offline, a local directory, or the hub dataset."""
+
+    source: str = opt("synthetic", "synthetic (generated and cached), local (data.path) or hf (locuslab/TOFU)",
+                      choices=("synthetic", "local", "hf"))
+    path: Optional[str] = opt(None, "source=local: a directory of TOFU split files (<split>.json or .jsonl)", exists=PATH)
+    full_split: str = opt("full", "the split the target model is fine-tuned on")
+    forget_split: str = opt("forget10", "the split to unlearn (forget01 | forget05 | forget10)")
+    retain_split: str = opt("retain90", "the complement of forget_split; the retain model is trained on it")
+    # A model without pre-training must be taught the general-knowledge sets TOFU's utility measures.
+    extra_finetune_splits: List[str] = opt([], "splits added to both fine-tunings (for a tiny model without pre-training)")
+    max_length: int = opt(200, "tokens of prompt + answer kept in training and scoring", ge=1)
+    n_authors: int = opt(20, "synthetic: fictitious authors (TOFU: 200)", ge=1)
+    qa_per_author: int = opt(10, "synthetic: questions per author (TOFU: 20; the generator has 10 templates)", ge=1, le=10)
+    n_general: int = opt(20, "synthetic: rows of the real-authors-like and world-facts-like sets", ge=1)
+
+    def check(self) -> None:
+        if self.source == "local" and not self.path:
+            raise UserError("config: data.source=local needs data.path (a directory of TOFU split files)")
 
 
 @dataclass
 class FinetuneConfig:
-    target: Optional[str] = None  # an already fine-tuned model (e.g. TOFU's); null = fine-tune model on full_split
-    retain: Optional[str] = None  # an already trained retain model; null = train one on retain_split (cached)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """The target model (fine-tuned on the full split) and the retain model (on the retain split)."""
+
+    target: Optional[str] = opt(None, "an already fine-tuned target (e.g. TOFU's); null: fine-tune model on data.full_split",
+                                exists=MODEL)
+    retain: Optional[str] = opt(None, "an already trained retain model; null: train one on data.retain_split", exists=MODEL)
+    trainer: TrainerConfig = section(TrainerConfig, "full fine-tuning of the target and retain models (LoRA is for unlearning)")
 
 
 @dataclass
 class InvertConfig:
-    generator: str = "template"  # template | hf | openai
-    n: int = 4
-    model: str = ""
-    base_url: str = "http://localhost:8000/v1"
-    api_key_env: str = "OPENAI_API_KEY"
-    temperature: float = 0.9
-    max_tokens: int = 512
-    retries: int = 4
-    backoff_s: float = 2.0
-    timeout_s: float = 60.0
-    path: Optional[str] = None  # an existing inverted-facts file (MEOW release layout) instead of generating one
+    """Inverted facts: answers to each forget question that contradict the true one (MEOW's training targets)."""
+
+    generator: str = opt("template", "template (offline fact swaps), hf (local instruct model) or openai (any compatible server)",
+                         registry="meow.inverter")
+    n: int = opt(4, "inverted answers asked for per question", ge=1)
+    model: str = opt("", "hf: local path or hub name of an instruct model; openai: the served model's name")
+    base_url: str = opt("http://localhost:8000/v1", "openai: the server (vLLM, llama.cpp, the OpenAI API)")
+    api_key_env: str = opt("OPENAI_API_KEY", "openai: environment variable holding the key (never the key itself)", key=False)
+    temperature: float = opt(0.9, "sampling temperature of the generator", ge=0)
+    max_tokens: int = opt(512, "new tokens per generator reply", ge=1)
+    retries: int = opt(4, "openai: retries of a failed request", ge=0, key=False)
+    backoff_s: float = opt(2.0, "openai: first wait between retries; doubles every retry", ge=0, key=False)
+    timeout_s: float = opt(60.0, "openai: seconds per request", gt=0, key=False)
+    path: Optional[str] = opt(None, "an existing inverted-facts file (MEOW release layout) instead of generating one",
+                              exists=PATH, key=False)
+
+    def check(self) -> None:
+        if self.generator in ("hf", "openai") and not self.model and not self.path:
+            raise UserError(f"config: invert.generator={self.generator} needs invert.model (the generating model)")
 
 
 @dataclass
 class MemoConfig:
-    mode: str = "suffix"
-    stride: int = 5
-    max_new_tokens: int = 200
-    batch_size: int = 64
-    path: Optional[str] = None  # an already scored file (`<key>_rouge1` fields), e.g. from the MEOW release
+    """MEMO: how strongly the target memorised each answer (ROUGE-1 precision of greedy continuations)."""
+
+    mode: str = opt("suffix", "suffix: cut the answer; prefix: cut the question", choices=("suffix", "prefix"))
+    stride: int = opt(5, "characters between cuts", ge=1)
+    max_new_tokens: int = opt(200, "greedy tokens generated per cut", ge=1)
+    batch_size: int = opt(64, "cuts generated together", ge=1, key=False)
+    path: Optional[str] = opt(None, "an already scored file (<key>_rouge1 fields, e.g. the MEOW release's)",
+                              exists=PATH, key=False)
 
 
 @dataclass
 class SelectConfig:
-    top_k: int = 3
-    order: str = "largest"  # largest | smallest | random (seeded)
+    """Which inverted facts MEOW trains on."""
+
+    top_k: int = opt(3, "inverted answers per question", ge=1)
+    order: str = opt("largest", "by MEMO: largest or smallest, or random (seeded)", choices=("largest", "smallest", "random"))
 
 
 @dataclass
 class LossConfig:
-    beta: float = 0.1
-    npo_coeff: float = 1.0
-    grad_diff_coeff: float = 1.0
-    kl_coeff: float = 1.0
+    """Weights of the unlearning objectives (methods/meow/losses.py)."""
+
+    beta: float = opt(0.1, "NPO / DPO temperature", gt=0)
+    npo_coeff: float = opt(1.0, "npo+gd, npo+kl: weight of the NPO term", ge=0)
+    grad_diff_coeff: float = opt(1.0, "npo+gd: weight of the retain NLL", ge=0)
+    kl_coeff: float = opt(1.0, "npo+kl: weight of the KL to the starting model", ge=0)
 
 
 @dataclass
 class EvalConfig:
-    max_rows: Optional[int] = None  # 300 = TOFU's legacy ds_size cap
-    batch_size: int = 32
-    max_new_tokens: int = 200
-    retain_log: Optional[str] = None  # TOFU-format retain-model eval log; null = evaluate our own retain model
-    model_path: Optional[str] = None  # `eval` command: the model to evaluate (null = the fine-tuned target)
+    """TOFU evaluation: forget quality against a retain model, and model utility."""
+
+    max_rows: Optional[int] = opt(None, "rows per eval set; 300 = TOFU's legacy ds_size cap; null: all", ge=1)
+    batch_size: int = opt(64, "rows scored and generated together", ge=1, key=False)
+    max_new_tokens: int = opt(200, "greedy tokens of each generated answer", ge=1)
+    retain_log: Optional[str] = opt(None, "a TOFU-format retain-model eval log; null: evaluate our own retain model",
+                                    exists=PATH, key=False)
+    model_path: Optional[str] = opt(None, "eval command: the model to evaluate; null: the fine-tuned target",
+                                    exists=MODEL, key=False)
 
 
 @dataclass
 class MeowConfig(BaseConfig):
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    invert: InvertConfig = field(default_factory=InvertConfig)
-    memo: MemoConfig = field(default_factory=MemoConfig)
-    select: SelectConfig = field(default_factory=SelectConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    method: str = "meow"  # meow | meow+gd | meow+kl | meow+dpo | ga | gd | kl | idk | dpo | npo | npo+gd | npo+kl
-    compare: List[str] = field(default_factory=list)  # more methods unlearned and evaluated in the same run
-    save_models: bool = True  # save each unlearned model (safetensors) into the run dir
-
-
-def compose_config(*overrides: str):
-    """conf/meow.yaml composed with overrides and validated, as the CLI does it (for benchmarks, notebooks, tests)."""
-    from hydra import compose, initialize_config_dir
-
-    from common.cli import CONF_DIR, register_schema
-    from common.config import validate
-
-    register_schema("meow", MeowConfig)
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        return validate(compose(config_name="meow", overrides=list(overrides)), MeowConfig)
+    model: ModelConfig = section(ModelConfig, "the language model (fine-tuned into the target, then unlearned)")
+    data: DataConfig = section(DataConfig, "TOFU data")
+    finetune: FinetuneConfig = section(FinetuneConfig, "target and retain models")
+    invert: InvertConfig = section(InvertConfig, "inverted facts")
+    memo: MemoConfig = section(MemoConfig, "MEMO scores")
+    select: SelectConfig = section(SelectConfig, "selection of inverted facts")
+    loss: LossConfig = section(LossConfig, "unlearning objectives")
+    eval: EvalConfig = section(EvalConfig, "TOFU evaluation")
+    method: str = opt("meow", "the unlearning method", registry="meow.loss")
+    compare: List[str] = opt([], "more methods unlearned and evaluated in the same run", registry="meow.loss")
+    save_models: bool = opt(True, "save each unlearned model (safetensors) into the run dir", key=False)

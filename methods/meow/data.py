@@ -7,8 +7,6 @@ another value of the same kind, which is also how the `template` inverter writes
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import re
 from dataclasses import dataclass
@@ -16,6 +14,8 @@ from pathlib import Path
 
 from common.errors import UserError
 from common.io import read_records, write_json
+from common.stages import run_stage, stage_path
+from methods.meow.config import DataConfig
 
 FIRST = ["Aria", "Bastien", "Celia", "Dario", "Elin", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kaia", "Lucan",
          "Mira", "Nolan", "Oona", "Pavel", "Quinn", "Rosa", "Soren", "Talia", "Ulric", "Vera", "Wendel", "Xenia",
@@ -110,15 +110,6 @@ def required_fields(split: str) -> tuple[str, ...]:
     return ("question", "answer")
 
 
-@dataclass(frozen=True)
-class SyntheticSpec:
-    """Size of the synthetic TOFU: authors × questions each (TOFU itself is 200 × 20)."""
-    n_authors: int = 20
-    qa_per_author: int = 10
-    n_general: int = 20  # rows of each real-authors-like / world-facts-like set
-    seed: int = 0
-
-
 def _author(rng: random.Random, used_names: set[str]) -> dict[str, str]:
     while True:
         name = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
@@ -164,7 +155,7 @@ def _general_rows(n: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
     """Short-answer sets like TOFU's real_authors and world_facts, each with 3 wrong answers and 4 options."""
     def build(questions: list[str], answers: list[str]) -> list[dict]:
         rows = []
-        for q, a in zip(questions, answers):
+        for q, a in zip(questions, answers, strict=True):
             wrong = rng.sample([x for x in answers if x != a], 3)
             options = rng.sample([a, *wrong], 4)
             rows.append({"question": q, "answer": a, "perturbed_answer": wrong,
@@ -178,17 +169,15 @@ def _general_rows(n: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
     return authors, world
 
 
-def generate(spec: SyntheticSpec) -> dict[str, list[dict]]:
-    """All TOFU splits for `spec`, deterministic in spec.seed."""
-    if not 1 <= spec.qa_per_author <= len(QA_TEMPLATES):
-        raise UserError(f"synthetic.qa_per_author must be in 1..{len(QA_TEMPLATES)}, got {spec.qa_per_author}")
-    rng = random.Random(spec.seed)
+def generate(cfg: DataConfig, seed: int) -> dict[str, list[dict]]:
+    """All TOFU splits of cfg's synthetic size, deterministic in seed."""
+    rng = random.Random(seed)
     names: set[str] = set()
     # 10% more authors make the holdout sets (authors the model never sees), as TOFU's holdout splits.
-    n_holdout = max(1, spec.n_authors // 10)
-    authors = [_author(rng, names) for _ in range(spec.n_authors + n_holdout)]
-    perturbed = [row for facts in authors[: spec.n_authors] for row in _author_rows(facts, spec.qa_per_author, rng)]
-    holdout = [row for facts in authors[spec.n_authors :] for row in _author_rows(facts, spec.qa_per_author, rng)]
+    n_holdout = max(1, cfg.n_authors // 10)
+    authors = [_author(rng, names) for _ in range(cfg.n_authors + n_holdout)]
+    perturbed = [row for facts in authors[: cfg.n_authors] for row in _author_rows(facts, cfg.qa_per_author, rng)]
+    holdout = [row for facts in authors[cfg.n_authors :] for row in _author_rows(facts, cfg.qa_per_author, rng)]
     plain = [{"question": r["question"], "answer": r["answer"]} for r in perturbed]
     total = len(plain)
     splits: dict[str, list[dict]] = {"full": plain}
@@ -199,7 +188,7 @@ def generate(spec: SyntheticSpec) -> dict[str, list[dict]]:
         splits[f"forget{pct:02d}_perturbed"] = perturbed[total - n :]
         splits[f"holdout{pct:02d}"] = [{"question": r["question"], "answer": r["answer"]} for r in holdout[:n]]
     splits["retain_perturbed"] = perturbed[: max(1, round(total * 0.1))]
-    authors_rows, world_rows = _general_rows(spec.n_general, rng)
+    authors_rows, world_rows = _general_rows(cfg.n_general, rng)
     splits["real_authors"], splits["world_facts"] = authors_rows, world_rows
     strip = ("option1", "option2", "option3", "option4")
     splits["real_authors_perturbed"] = [{k: v for k, v in r.items() if k not in strip} for r in authors_rows]
@@ -207,15 +196,15 @@ def generate(spec: SyntheticSpec) -> dict[str, list[dict]]:
     return splits
 
 
-def synthetic_dir(spec: SyntheticSpec, cache_dir: str | Path) -> Path:
-    """Generate once into the cache; the directory name hashes the spec so a new size never reuses old files."""
-    key = hashlib.sha1(json.dumps(spec.__dict__, sort_keys=True).encode()).hexdigest()[:10]
-    path = Path(cache_dir) / "meow" / "synthetic" / key
-    if not (path / "COMPLETE").is_file():
-        for name, rows in generate(spec).items():
-            write_json(path / f"{name}.json", rows)
-        (path / "COMPLETE").write_text("")
-    return path
+def synthetic_dir(cfg: DataConfig, seed: int, cache_dir: str | Path) -> Path:
+    """Generated once into the cache, keyed by the sizes and the seed."""
+    path = stage_path(cache_dir, "meow/synthetic", cfg.n_authors, cfg.qa_per_author, cfg.n_general, seed)
+
+    def write(tmp: Path) -> None:
+        for name, rows in generate(cfg, seed).items():
+            write_json(tmp / f"{name}.json", rows)
+
+    return run_stage("synthetic TOFU", path, write)
 
 
 _VALUE_RE: re.Pattern | None = None
@@ -237,25 +226,28 @@ def _value_pattern() -> re.Pattern:
     return _VALUE_RE
 
 
+def _swap_values(answer: str, rng: random.Random) -> str:
+    """The answer with every vocabulary value replaced by another of its kind (the same one at each repeat)."""
+    choice: dict[str, str] = {}
+
+    def swap(m: re.Match) -> str:
+        value = m.group(1)
+        if value not in choice:
+            choice[value] = rng.choice([v for v in POOLS[_VALUE_POOL[value]] if v != value])
+        return choice[value]
+
+    return _value_pattern().sub(swap, answer)
+
+
 def invert_by_template(answer: str, n: int, rng: random.Random) -> list[str]:
     """Up to n inverted facts: the answer with each vocabulary value swapped for another of the same kind."""
-    pattern = _value_pattern()
-    if not pattern.search(answer):
+    if not _value_pattern().search(answer):
         return []
     out: list[str] = []
     for _ in range(100 * n):
         if len(out) == n:
             break
-        choice: dict[str, str] = {}
-
-        def swap(m: re.Match) -> str:
-            value = m.group(1)
-            if value not in choice:
-                pool = POOLS[_VALUE_POOL[value]]
-                choice[value] = rng.choice([v for v in pool if v != value])
-            return choice[value]
-
-        text = pattern.sub(swap, answer)
+        text = _swap_values(answer, rng)
         if text != answer and text not in out:
             out.append(text)
     return out
@@ -283,7 +275,7 @@ def _load_hub(split: str, fields: tuple[str, ...]) -> list[dict]:
 
     try:
         rows = [dict(r) for r in load_dataset("locuslab/TOFU", split, split="train")]
-    except Exception as e:  # the hub is optional; any failure to reach it is the user's environment
+    except Exception as e:  # noqa: BLE001 - the hub is optional; any failure to reach it is the user's environment
         raise UserError(f"cannot load locuslab/TOFU '{split}' from the hub: {str(e).splitlines()[0]}") from None
     for i, r in enumerate(rows):
         for f in fields:
@@ -292,16 +284,14 @@ def _load_hub(split: str, fields: tuple[str, ...]) -> list[dict]:
     return rows
 
 
-def data_source(kind: str, path: str | None, spec: SyntheticSpec, cache_dir: str | Path) -> DataSource:
-    if kind == "synthetic":
-        return DataSource("local", synthetic_dir(spec, cache_dir))
-    if kind == "local":
-        if not path or not Path(path).is_dir():
-            raise UserError(f"data.path: '{path}' is not a directory of TOFU split files")
-        return DataSource("local", Path(path))
-    if kind == "hf":
-        return DataSource("hf")
-    raise UserError(f"data.source: unknown '{kind}'; valid: synthetic, local, hf")
+def data_source(cfg: DataConfig, seed: int, cache_dir: str | Path) -> DataSource:
+    if cfg.source == "synthetic":
+        return DataSource("local", synthetic_dir(cfg, seed, cache_dir))
+    if cfg.source == "local":
+        if not Path(str(cfg.path)).is_dir():
+            raise UserError(f"data.path: '{cfg.path}' is not a directory of TOFU split files")
+        return DataSource("local", Path(str(cfg.path)))
+    return DataSource("hf")
 
 
 def corpus(source: DataSource) -> list[str]:

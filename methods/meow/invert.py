@@ -12,29 +12,16 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
 from common.io import read_records, write_json
+from common.registry import register
+from methods.meow.config import InvertConfig
 from methods.meow.data import invert_by_template
 
+# (question, true answer) -> inverted answers. Every registered inverter is built as factory(cfg, seed, cache_dir).
 Generator = Callable[[str, str], list[str]]
-
-
-@dataclass(frozen=True)
-class InvertSettings:
-    generator: str = "template"  # template | hf | openai
-    n: int = 4  # inverted answers asked for per question
-    model: str = ""  # hf: local path or hub name of an instruct model; openai: the served model's name
-    base_url: str = "http://localhost:8000/v1"  # any OpenAI-compatible server (vLLM, llama.cpp, the OpenAI API)
-    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable, never from config
-    temperature: float = 0.9
-    max_tokens: int = 512
-    retries: int = 4
-    backoff_s: float = 2.0  # first wait; doubles on every retry
-    timeout_s: float = 60.0
-    seed: int = 42
 
 
 def instruction(n: int) -> str:
@@ -54,37 +41,37 @@ def parse_lines(text: str) -> list[str]:
     return [line.strip() for line in text.split("\n") if line.strip()]
 
 
-def template_generator(s: InvertSettings) -> Generator:
+@register("meow.inverter", "template")
+def template_generator(cfg: InvertConfig, seed: int = 0, cache_dir: str | Path = ".cache") -> Generator:
     def generate(question: str, answer: str) -> list[str]:
         # Seeded per question, so a resumed run writes the same answers as an uninterrupted one.
-        digest = int(hashlib.sha1(f"{s.seed}:{question}".encode()).hexdigest()[:12], 16)
-        return invert_by_template(answer, s.n, random.Random(digest))
+        digest = int(hashlib.sha1(f"{seed}:{question}".encode()).hexdigest()[:12], 16)
+        return invert_by_template(answer, cfg.n, random.Random(digest))
 
     return generate
 
 
-def hf_generator(s: InvertSettings, cache_dir: str | Path) -> Generator:
+@register("meow.inverter", "hf")
+def hf_generator(cfg: InvertConfig, seed: int = 0, cache_dir: str | Path = ".cache") -> Generator:
     import torch
 
     from common.config import ModelConfig
     from common.models import load_causal_lm
 
-    if not s.model:
-        raise UserError("invert.model: the hf generator needs a local instruct model path or hub name")
-    model, tokenizer = load_causal_lm(ModelConfig(name_or_path=s.model), cache_dir)
+    model, tokenizer = load_causal_lm(ModelConfig(name_or_path=cfg.model), cache_dir)
     model.eval()
-    torch.manual_seed(s.seed)
+    torch.manual_seed(seed)
 
     def generate(question: str, answer: str) -> list[str]:
-        messages = [{"role": "system", "content": instruction(s.n)}, {"role": "user", "content": user_message(question, answer)}]
+        messages = [{"role": "system", "content": instruction(cfg.n)}, {"role": "user", "content": user_message(question, answer)}]
         if getattr(tokenizer, "chat_template", None):
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
         else:
-            ids = tokenizer(instruction(s.n) + "\n\n" + user_message(question, answer) + "\n", return_tensors="pt")
+            ids = tokenizer(instruction(cfg.n) + "\n\n" + user_message(question, answer) + "\n", return_tensors="pt")
         ids = ids.to(model.device)
         with torch.no_grad():
-            out = model.generate(**ids, do_sample=True, temperature=s.temperature, max_new_tokens=s.max_tokens,
+            out = model.generate(**ids, do_sample=True, temperature=cfg.temperature, max_new_tokens=cfg.max_tokens,
                                  pad_token_id=tokenizer.pad_token_id)
         return parse_lines(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
 
@@ -95,28 +82,28 @@ class EndpointError(Exception):
     """The generator endpoint failed after every retry."""
 
 
-def openai_generator(s: InvertSettings, sleep: Callable[[float], None] = time.sleep) -> Generator:
+@register("meow.inverter", "openai")
+def openai_generator(cfg: InvertConfig, seed: int = 0, cache_dir: str | Path = ".cache",
+                     sleep: Callable[[float], None] = time.sleep) -> Generator:
     """Chat completions from any OpenAI-compatible server, with retries and exponential backoff (stdlib HTTP)."""
     import urllib.error
     import urllib.request
 
-    if not s.model:
-        raise UserError("invert.model: the openai generator needs the served model's name")
-    key = os.environ.get(s.api_key_env, "")
+    key = os.environ.get(cfg.api_key_env, "")
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
-    url = s.base_url.rstrip("/") + "/chat/completions"
+    url = cfg.base_url.rstrip("/") + "/chat/completions"
 
     def generate(question: str, answer: str) -> list[str]:
         body = json.dumps({
-            "model": s.model, "temperature": s.temperature, "max_tokens": s.max_tokens,
-            "messages": [{"role": "system", "content": instruction(s.n)},
+            "model": cfg.model, "temperature": cfg.temperature, "max_tokens": cfg.max_tokens,
+            "messages": [{"role": "system", "content": instruction(cfg.n)},
                          {"role": "user", "content": user_message(question, answer)}],
         }).encode()
         last = ""
-        for attempt in range(s.retries + 1):
+        for attempt in range(cfg.retries + 1):
             try:
                 request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=s.timeout_s) as r:
+                with urllib.request.urlopen(request, timeout=cfg.timeout_s) as r:
                     return parse_lines(json.loads(r.read())["choices"][0]["message"]["content"])
             except urllib.error.HTTPError as e:
                 last = f"HTTP {e.code}: {e.read()[:200].decode(errors='replace')}"
@@ -125,21 +112,11 @@ def openai_generator(s: InvertSettings, sleep: Callable[[float], None] = time.sl
                     break
             except (OSError, KeyError, IndexError, TypeError, json.JSONDecodeError) as e:
                 last = f"{type(e).__name__}: {e}"
-            if attempt < s.retries:
-                sleep(s.backoff_s * 2**attempt)
+            if attempt < cfg.retries:
+                sleep(cfg.backoff_s * 2**attempt)
         raise EndpointError(f"{url}: {last}")
 
     return generate
-
-
-def make_generator(s: InvertSettings, cache_dir: str | Path) -> Generator:
-    if s.generator == "template":
-        return template_generator(s)
-    if s.generator == "hf":
-        return hf_generator(s, cache_dir)
-    if s.generator == "openai":
-        return openai_generator(s)
-    raise UserError(f"invert.generator: unknown '{s.generator}'; valid: template, hf, openai")
 
 
 def invert_rows(forget: list[dict], generate: Generator, out_path: Path) -> list[dict]:

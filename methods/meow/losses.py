@@ -15,14 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from common.lm import sequence_nll
-
-
-@dataclass(frozen=True)
-class LossSettings:
-    beta: float = 0.1  # NPO / DPO temperature
-    npo_coeff: float = 1.0
-    grad_diff_coeff: float = 1.0
-    kl_coeff: float = 1.0
+from common.registry import register
+from methods.meow.config import LossConfig
 
 
 def mean_nll(model, batch) -> torch.Tensor:
@@ -65,21 +59,45 @@ def dpo_term(model, ref, win, lose, beta: float) -> torch.Tensor:
 
 
 # Each loss: (model, reference model or None, batch, settings) -> scalar.
-LossFn = Callable[[torch.nn.Module, torch.nn.Module | None, dict, LossSettings], torch.Tensor]
+LossFn = Callable[[torch.nn.Module, torch.nn.Module | None, dict, LossConfig], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class Loss:
+    """A registered objective (kind "meow.loss"), with what training it needs."""
+
+    fn: LossFn
+    needs: tuple[str, ...]  # the sub-batches it reads; the dataset builds only these
+    reference: bool = False  # reads a frozen copy of the starting model
+
+    def __call__(self, model, ref, batch: dict, s: LossConfig) -> torch.Tensor:
+        return self.fn(model, ref, batch, s)
+
+
+def loss(name: str, *needs: str, reference: bool = False) -> Callable[[LossFn], LossFn]:
+    def add(fn: LossFn) -> LossFn:
+        register("meow.loss", name)(Loss(fn, needs, reference))
+        return fn
+
+    return add
+
+
+@loss("ga", "forget")
 def ga(model, ref, b, s):
     return -mean_nll(model, b["forget"])
 
 
+@loss("gd", "forget", "retain")
 def gd(model, ref, b, s):
     return -mean_nll(model, b["forget"]) + mean_nll(model, b["retain"])
 
 
+@loss("kl", "forget", "retain", reference=True)
 def kl(model, ref, b, s):
     return -mean_nll(model, b["forget"]) + kl_to_reference(model, ref, b["retain"])
 
 
+@loss("idk", "idk", "retain")
 def idk(model, ref, b, s):
     # One token mean over refusals and retain answers together, as the reference concatenates the two batches.
     n1, c1, _ = sequence_nll(model, b["idk"])
@@ -87,48 +105,42 @@ def idk(model, ref, b, s):
     return (n1.sum() + n2.sum()) / (c1.sum() + c2.sum()).clamp(min=1)
 
 
+@loss("dpo", "idk", "forget", reference=True)
 def dpo(model, ref, b, s):
     return dpo_term(model, ref, b["idk"], b["forget"], s.beta)
 
 
+@loss("npo", "forget", reference=True)
 def npo(model, ref, b, s):
     return npo_term(model, ref, b["forget"], s.beta)
 
 
+@loss("npo+gd", "forget", "retain", reference=True)
 def npo_gd(model, ref, b, s):
     return s.npo_coeff * npo_term(model, ref, b["forget"], s.beta) + s.grad_diff_coeff * mean_nll(model, b["retain"])
 
 
+@loss("npo+kl", "forget", "retain", reference=True)
 def npo_kl(model, ref, b, s):
     return s.npo_coeff * npo_term(model, ref, b["forget"], s.beta) + s.kl_coeff * kl_to_reference(model, ref, b["retain"])
 
 
+@loss("meow", "inverted")
 def meow(model, ref, b, s):
     return mean_nll(model, b["inverted"])
 
 
+@loss("meow+gd", "inverted", "retain")
 def meow_gd(model, ref, b, s):
     return 0.9 * mean_nll(model, b["inverted"]) + 0.1 * mean_nll(model, b["retain"])
 
 
+@loss("meow+kl", "inverted", reference=True)
 def meow_kl(model, ref, b, s):
     # The reference anchors the inverted-fact inputs themselves to the original model.
     return mean_nll(model, b["inverted"]) + kl_to_reference(model, ref, b["inverted"])
 
 
+@loss("meow+dpo", "retain", "inverted", reference=True)
 def meow_dpo(model, ref, b, s):
     return dpo_term(model, ref, b["retain"], b["inverted"], s.beta)
-
-
-LOSSES: dict[str, LossFn] = {
-    "ga": ga, "gd": gd, "kl": kl, "idk": idk, "dpo": dpo, "npo": npo, "npo+gd": npo_gd, "npo+kl": npo_kl,
-    "meow": meow, "meow+gd": meow_gd, "meow+kl": meow_kl, "meow+dpo": meow_dpo,
-}
-# Sub-batches each loss reads; the dataset builds only these.
-NEEDS: dict[str, tuple[str, ...]] = {
-    "ga": ("forget",), "gd": ("forget", "retain"), "kl": ("forget", "retain"), "idk": ("idk", "retain"),
-    "dpo": ("idk", "forget"), "npo": ("forget",), "npo+gd": ("forget", "retain"), "npo+kl": ("forget", "retain"),
-    "meow": ("inverted",), "meow+gd": ("inverted", "retain"), "meow+kl": ("inverted",),
-    "meow+dpo": ("retain", "inverted"),
-}
-USES_REFERENCE = {"kl", "dpo", "npo", "npo+gd", "npo+kl", "meow+kl", "meow+dpo"}

@@ -12,21 +12,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from rouge_score import rouge_scorer
 
 from common.lm import generate_greedy
+from methods.meow.config import MemoConfig
 
 SUFFIX = "_rouge1"
-
-
-@dataclass(frozen=True)
-class MemoSettings:
-    mode: str = "suffix"  # suffix: cut the answer; prefix: cut the question
-    stride: int = 5  # characters between cuts
-    max_new_tokens: int = 200
-    batch_size: int = 64  # windows generated together by the batched form
 
 
 def windows(question: str, answer: str, mode: str, stride: int) -> list[tuple[str, str]]:
@@ -49,16 +41,16 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
-def memo_simple(model, tokenizer, question: str, answer: str, settings: MemoSettings = MemoSettings()) -> float:
+def memo_simple(model, tokenizer, question: str, answer: str, cfg: MemoConfig) -> float:
     """The straightforward form: one generate call per window. The reference the batched form is checked against."""
     scores = []
-    for prompt, label in windows(question, answer, settings.mode, settings.stride):
-        (out,) = generate_greedy(model, tokenizer, [prompt], settings.max_new_tokens, batch_size=1)
+    for prompt, label in windows(question, answer, cfg.mode, cfg.stride):
+        (out,) = generate_greedy(model, tokenizer, [prompt], cfg.max_new_tokens, batch_size=1)
         scores.append(rouge1_precision(label, out))
     return _mean(scores)
 
 
-def memo_batched(model, tokenizer, pairs: Sequence[tuple[str, str]], settings: MemoSettings = MemoSettings()) -> list[float]:
+def memo_batched(model, tokenizer, pairs: Sequence[tuple[str, str]], cfg: MemoConfig) -> list[float]:
     """MEMO of many (question, answer) pairs: every window of every pair goes through one batched greedy decoder.
 
     Windows of all pairs are pooled and grouped by prompt length, so batches stay full and padding stays small; each
@@ -66,12 +58,12 @@ def memo_batched(model, tokenizer, pairs: Sequence[tuple[str, str]], settings: M
     """
     spans, prompts, labels = [], [], []
     for q, a in pairs:
-        ws = windows(q, a, settings.mode, settings.stride)
+        ws = windows(q, a, cfg.mode, cfg.stride)
         spans.append((len(prompts), len(prompts) + len(ws)))
         prompts += [p for p, _ in ws]
         labels += [lab for _, lab in ws]
-    outs = generate_greedy(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size)
-    scores = [rouge1_precision(lab, out) for lab, out in zip(labels, outs)]
+    outs = generate_greedy(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size)
+    scores = [rouge1_precision(lab, out) for lab, out in zip(labels, outs, strict=True)]
     return [_mean(scores[s:e]) for s, e in spans]
 
 
@@ -81,16 +73,16 @@ def answer_keys(row: dict) -> list[str]:
     return (["undesired_answer"] if "undesired_answer" in row else []) + inverted
 
 
-def score_rows(model, tokenizer, rows: list[dict], settings: MemoSettings) -> list[dict]:
+def score_rows(model, tokenizer, rows: list[dict], cfg: MemoConfig) -> list[dict]:
     """Copies of the rows with `<key>_rouge1` = MEMO for every answer key (the MEOW release's layout)."""
     pairs, where = [], []
     for i, row in enumerate(rows):
         for key in answer_keys(row):
             pairs.append((row["question"], row[key]))
             where.append((i, key))
-    scores = memo_batched(model, tokenizer, pairs, settings)
+    scores = memo_batched(model, tokenizer, pairs, cfg)
     out = [dict(r) for r in rows]
-    for (i, key), s in zip(where, scores):
+    for (i, key), s in zip(where, scores, strict=True):
         out[i][key + SUFFIX] = s
     return out
 

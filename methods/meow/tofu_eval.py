@@ -14,7 +14,6 @@ Logs are written in TOFU's own layout, so TOFU's published retain-model logs can
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,8 @@ from scipy.stats import hmean, ks_2samp
 from common.errors import UserError
 from common.io import write_json
 from common.lm import collate, encode_qa, generate_answers, sequence_nll
+from common.results import markdown_table
+from methods.meow.config import EvalConfig
 
 # (short name, TOFU log file, key of the base answer for the truth ratio)
 EVAL_SETS = {
@@ -36,26 +37,17 @@ EVAL_SETS = {
 UTILITY_SETS = ("retain", "real_authors", "world_facts")
 
 
-@dataclass(frozen=True)
-class EvalSettings:
-    family: str = "llama2"
-    max_length: int = 200  # truncation of scored sequences, as in training
-    max_new_tokens: int = 200
-    batch_size: int = 32
-    max_rows: int | None = None  # 300 reproduces TOFU's legacy ds_size cap; None evaluates full sets
-
-
 @torch.no_grad()
-def _per_token_nll(model, tokenizer, qa: list[tuple[str, str]], s: EvalSettings) -> list[float]:
+def _per_token_nll(model, tokenizer, qa: list[tuple[str, str]], family: str, max_length: int, batch_size: int) -> list[float]:
     device = next(model.parameters()).device
-    encoded = [encode_qa(tokenizer, s.family, q, a, s.max_length) for q, a in qa]
+    encoded = [encode_qa(tokenizer, family, q, a, max_length) for q, a in qa]
     order = sorted(range(len(qa)), key=lambda i: len(encoded[i].input_ids))  # similar lengths share a batch
     out = [0.0] * len(qa)
-    for start in range(0, len(order), s.batch_size):
-        chunk = order[start : start + s.batch_size]
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in chunk], tokenizer.pad_token_id).items()}
         nll, count, _ = sequence_nll(model, batch)
-        for i, v in zip(chunk, (nll / count.clamp(min=1)).tolist()):
+        for i, v in zip(chunk, (nll / count.clamp(min=1)).tolist(), strict=True):
             out[i] = v
     return out
 
@@ -63,26 +55,26 @@ def _per_token_nll(model, tokenizer, qa: list[tuple[str, str]], s: EvalSettings)
 _ROUGE = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
 
 
-def eval_log(model, tokenizer, rows: list[dict], base_key: str, s: EvalSettings) -> dict:
+def eval_log(model, tokenizer, rows: list[dict], base_key: str, cfg: EvalConfig, *, family: str, max_length: int) -> dict:
     """One set's TOFU log: per-row losses, generated answers and ROUGE, keyed by the row index as a string."""
-    rows = rows[: s.max_rows] if s.max_rows else rows
+    rows = rows[: cfg.max_rows] if cfg.max_rows else rows
     n_pert = len(rows[0]["perturbed_answer"])
     if any(len(r["perturbed_answer"]) != n_pert for r in rows):
         raise UserError("every row of an eval set must carry the same number of perturbed answers")
     qa = [(r["question"], r["answer"]) for r in rows] + [(r["question"], r[base_key]) for r in rows]
     qa += [(r["question"], p) for r in rows for p in r["perturbed_answer"]]
-    losses = _per_token_nll(model, tokenizer, qa, s)
+    losses = _per_token_nll(model, tokenizer, qa, family, max_length, cfg.batch_size)
     n = len(rows)
-    gens = generate_answers(model, tokenizer, s.family, [r["question"] for r in rows], s.max_new_tokens, s.batch_size)
-    scores = [_ROUGE.score(r["answer"], g) for r, g in zip(rows, gens)]
+    gens = generate_answers(model, tokenizer, family, [r["question"] for r in rows], cfg.max_new_tokens, cfg.batch_size)
+    scores = [_ROUGE.score(r["answer"], g) for r, g in zip(rows, gens, strict=True)]
     idx = [str(i) for i in range(n)]
     return {
-        "avg_gt_loss": dict(zip(idx, losses[:n])),
-        "avg_paraphrased_loss": dict(zip(idx, losses[n : 2 * n])),
+        "avg_gt_loss": dict(zip(idx, losses[:n], strict=True)),
+        "avg_paraphrased_loss": dict(zip(idx, losses[n : 2 * n], strict=True)),
         "avg_perturbed_loss": {i: losses[2 * n + k * n_pert : 2 * n + (k + 1) * n_pert] for k, i in enumerate(idx)},
-        "rougeL_recall": {i: sc["rougeL"].recall for i, sc in zip(idx, scores)},
-        "rouge1_recall": {i: sc["rouge1"].recall for i, sc in zip(idx, scores)},
-        "generated_text": {i: [r["question"], g, r["answer"]] for i, r, g in zip(idx, rows, gens)},
+        "rougeL_recall": {i: sc["rougeL"].recall for i, sc in zip(idx, scores, strict=True)},
+        "rouge1_recall": {i: sc["rouge1"].recall for i, sc in zip(idx, scores, strict=True)},
+        "generated_text": {i: [r["question"], g, r["answer"]] for i, r, g in zip(idx, rows, gens, strict=True)},
     }
 
 
@@ -126,11 +118,13 @@ def aggregate(logs: dict[str, dict], retain_forget_log: dict | None) -> dict[str
     return out
 
 
-def evaluate(model, tokenizer, splits: dict[str, list[dict]], s: EvalSettings, out_dir: Path | None = None) -> dict[str, dict]:
+def evaluate(model, tokenizer, splits: dict[str, list[dict]], cfg: EvalConfig, *, family: str, max_length: int,
+             out_dir: Path | None = None) -> dict[str, dict]:
     """TOFU logs for the four sets (`splits` maps retain/real_authors/world_facts/forget to rows)."""
     was_training = model.training
     model.eval()
-    logs = {name: eval_log(model, tokenizer, splits[name], EVAL_SETS[name][1], s) for name in EVAL_SETS}
+    logs = {name: eval_log(model, tokenizer, splits[name], EVAL_SETS[name][1], cfg, family=family, max_length=max_length)
+            for name in EVAL_SETS}
     model.train(was_training)
     if out_dir is not None:
         for name, log in logs.items():
@@ -159,3 +153,20 @@ def load_forget_log(path: str | Path, max_rows: int | None = None) -> dict:
         log = {k: dict(list(v.items())[:max_rows]) if isinstance(v, dict) else v for k, v in log.items()}
     return log
 
+
+
+# The paper's table: one row per model, from results.json's flat `<model>/<metric>` names.
+COLUMNS = {"forget quality": "forget_quality", "model utility": "model_utility", "forget ROUGE": "forget/rouge",
+           "retain ROUGE": "retain/rouge", "forget truth ratio": "forget/truth_ratio", "forget prob": "forget/prob"}
+
+
+def flat(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    """{model: aggregate(...)} -> `<model>/forget_rouge`-style metrics of the table's columns."""
+    return {f"{name}/{k.replace('/', '_')}": m[k] for name, m in results.items() for k in COLUMNS.values() if k in m}
+
+
+def table(metrics: dict[str, float]) -> str:
+    """Rows: every model with a model utility (fine-tuned, retain, each unlearning method); 4 significant digits."""
+    models = [k.removesuffix("/model_utility") for k in metrics if k.endswith("/model_utility")]
+    cols = [k.replace("/", "_") for k in COLUMNS.values()]
+    return markdown_table(["model", *COLUMNS], [[m, *(metrics.get(f"{m}/{c}", float("nan")) for c in cols)] for m in models])

@@ -7,13 +7,14 @@ import random
 import pytest
 
 from common.errors import UserError
-from methods.meow.data import DataSource, SyntheticSpec, generate, invert_by_template, synthetic_dir
+from methods.meow.config import DataConfig
+from methods.meow.data import DataSource, generate, invert_by_template, synthetic_dir
 
-SPEC = SyntheticSpec(n_authors=10, qa_per_author=10, n_general=8, seed=3)
+SIZES = DataConfig(n_authors=10, qa_per_author=10, n_general=8)
 
 
 def test_splits_have_tofu_structure():
-    s = generate(SPEC)
+    s = generate(SIZES, 3)
     assert len(s["full"]) == 100
     for pct, n in ((1, 1), (5, 5), (10, 10)):
         assert s[f"forget{pct:02d}"] == s["full"][-n:]  # the forget authors are the last rows of full
@@ -31,12 +32,12 @@ def test_splits_have_tofu_structure():
 
 
 def test_generation_is_deterministic_by_seed():
-    assert generate(SPEC) == generate(SPEC)
-    assert generate(SPEC)["full"] != generate(SyntheticSpec(10, 10, 8, seed=4))["full"]
+    assert generate(SIZES, 3) == generate(SIZES, 3)
+    assert generate(SIZES, 3)["full"] != generate(SIZES, 4)["full"]
 
 
 def test_template_inversion_changes_facts_not_the_subject():
-    s = generate(SPEC)
+    s = generate(SIZES, 3)
     row = s["forget10"][-1]
     name = row["question"].split(" of ")[-1].rstrip("?")
     inverted = invert_by_template(row["answer"], 4, random.Random(0))
@@ -46,8 +47,8 @@ def test_template_inversion_changes_facts_not_the_subject():
 
 
 def test_cached_dir_and_missing_field_error(tmp_path):
-    path = synthetic_dir(SPEC, tmp_path)
-    assert synthetic_dir(SPEC, tmp_path) == path and (path / "COMPLETE").is_file()
+    path = synthetic_dir(SIZES, 3, tmp_path)
+    assert synthetic_dir(SIZES, 3, tmp_path) == path != synthetic_dir(SIZES, 4, tmp_path)
     rows = DataSource("local", path).load("forget10_perturbed")
     assert len(rows) == 10
     bad = tmp_path / "bad"

@@ -8,10 +8,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from common.errors import UserError
-from methods.meow.data import SyntheticSpec, generate
-from methods.meow.invert import InvertSettings, check_matches_forget, invert_rows, openai_generator, template_generator
+from methods.meow.config import DataConfig, InvertConfig
+from methods.meow.data import generate
+from methods.meow.invert import check_matches_forget, invert_rows, openai_generator, template_generator
 
-FORGET = generate(SyntheticSpec(n_authors=10, qa_per_author=10, n_general=8))["forget10"][:4]
+FORGET = generate(DataConfig(n_authors=10, qa_per_author=10, n_general=8), 0)["forget10"][:4]
 
 
 class Endpoint:
@@ -51,10 +52,10 @@ class Endpoint:
 
 def test_template_rows_in_release_layout_and_resume(tmp_path):
     out = tmp_path / "inv.json"
-    gen = template_generator(InvertSettings(n=3))
+    gen = template_generator(InvertConfig(n=3))
     first = invert_rows(FORGET[:2], gen, out)
     assert [r["question"] for r in first] == [r["question"] for r in FORGET[:2]]
-    assert all(r["undesired_answer"] == f["answer"] and {"answer_0", "answer_1", "answer_2"} <= set(r) for r, f in zip(first, FORGET))
+    assert all(r["undesired_answer"] == f["answer"] and {"answer_0", "answer_1", "answer_2"} <= set(r) for r, f in zip(first, FORGET[:2], strict=True))
     calls = []
     resumed = invert_rows(FORGET, lambda q, a: calls.append(q) or gen(q, a), out)
     assert calls == [r["question"] for r in FORGET[2:]]  # finished rows are not generated again
@@ -65,7 +66,7 @@ def test_openai_endpoint_drops_empty_lines_and_sends_key(tmp_path, monkeypatch):
     monkeypatch.setenv("TEST_LLM_KEY", "sk-test")
     ep = Endpoint(ok=100)
     try:
-        gen = openai_generator(InvertSettings(generator="openai", model="m", base_url=ep.url, api_key_env="TEST_LLM_KEY"))
+        gen = openai_generator(InvertConfig(generator="openai", model="m", base_url=ep.url, api_key_env="TEST_LLM_KEY"))
         rows = invert_rows(FORGET[:2], gen, tmp_path / "inv.json")
     finally:
         ep.close()
@@ -79,7 +80,7 @@ def test_failing_endpoint_is_retried_then_reported_with_partial_cache(tmp_path):
     waits: list[float] = []
     out = tmp_path / "inv.json"
     try:
-        s = InvertSettings(generator="openai", model="m", base_url=ep.url, retries=3, backoff_s=0.5)
+        s = InvertConfig(generator="openai", model="m", base_url=ep.url, retries=3, backoff_s=0.5)
         with pytest.raises(UserError, match=r"after retries.*HTTP 503.*2/4 rows kept"):
             invert_rows(FORGET, openai_generator(s, sleep=waits.append), out)
     finally:
@@ -92,7 +93,7 @@ def test_failing_endpoint_is_retried_then_reported_with_partial_cache(tmp_path):
 def test_client_errors_are_not_retried(tmp_path):
     ep = Endpoint(ok=0, fail=401)
     try:
-        s = InvertSettings(generator="openai", model="m", base_url=ep.url, retries=3, backoff_s=0.5)
+        s = InvertConfig(generator="openai", model="m", base_url=ep.url, retries=3, backoff_s=0.5)
         with pytest.raises(UserError, match=r"HTTP 401.*0/4 rows kept"):
             invert_rows(FORGET, openai_generator(s, sleep=lambda t: None), tmp_path / "inv.json")
     finally:
@@ -101,7 +102,7 @@ def test_client_errors_are_not_retried(tmp_path):
 
 
 def test_questions_not_matching_the_forget_split_are_refused(tmp_path):
-    rows = invert_rows(FORGET, template_generator(InvertSettings()), tmp_path / "inv.json")
+    rows = invert_rows(FORGET, template_generator(InvertConfig()), tmp_path / "inv.json")
     check_matches_forget(rows, FORGET, "inv.json")
     with pytest.raises(UserError, match=r"inv\.json: inverted facts do not match the forget split \(1 questions not in it"):
         check_matches_forget(rows[:3] + [{**rows[3], "question": "Who is Nobody?"}], FORGET, "inv.json")
@@ -112,12 +113,12 @@ def test_questions_not_matching_the_forget_split_are_refused(tmp_path):
 
 
 def test_hf_generator_with_a_local_model(finetuned, tmp_path):
-    from methods.meow.commands import finetuned_path
     from methods.meow.invert import hf_generator
+    from methods.meow.pipeline import finetuned_path
 
     cfg, source, _, _ = finetuned
-    s = InvertSettings(generator="hf", model=finetuned_path(cfg, source, "target"), n=2, max_tokens=24)
-    rows = invert_rows(FORGET[:2], hf_generator(s, cfg.cache_dir), tmp_path / "inv.json")
+    s = InvertConfig(generator="hf", model=finetuned_path(cfg, source, "target"), n=2, max_tokens=24)
+    rows = invert_rows(FORGET[:2], hf_generator(s, cfg.seed, cfg.cache_dir), tmp_path / "inv.json")
     for row in rows:
         answers = [v for k, v in row.items() if k.startswith("answer_")]
         assert [k for k in row if k.startswith("answer_")] == [f"answer_{i}" for i in range(len(answers))]

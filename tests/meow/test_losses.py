@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from common.lm import Encoded, collate
-from methods.meow.losses import LOSSES, LossSettings
+from common.registry import get, names
+from methods.meow import losses  # noqa: F401 - registers the "meow.loss" objectives
+from methods.meow.config import LossConfig
 
 V = 50
 
@@ -70,7 +72,7 @@ def dpo(model, ref, win, lose, beta):
     return (-F.logsigmoid(beta * margin)).mean() * 2 / beta
 
 
-S = LossSettings(beta=0.5, npo_coeff=0.7, grad_diff_coeff=0.3, kl_coeff=2.0)
+S = LossConfig(beta=0.5, npo_coeff=0.7, grad_diff_coeff=0.3, kl_coeff=2.0)
 
 
 def expected(name, model, ref, b):
@@ -94,10 +96,10 @@ def expected(name, model, ref, b):
     }[name]()
 
 
-@pytest.mark.parametrize("name", list(LOSSES))
+@pytest.mark.parametrize("name", names("meow.loss"))
 def test_loss_matches_formula(setup, name):
     model, ref, batch = setup
-    got = LOSSES[name](model, ref, batch, S)
+    got = get("meow.loss", name)(model, ref, batch, S)
     with torch.no_grad():
         want = expected(name, model, ref, batch)
     assert got.item() == pytest.approx(want.item(), rel=1e-4, abs=1e-5)
@@ -111,5 +113,5 @@ def test_loss_matches_formula(setup, name):
 def test_npo_and_dpo_are_2_log2_over_beta_when_model_is_the_reference(setup):
     model, _, batch = setup
     # With π = π_ref the NPO and DPO terms are exactly (2/β)·log 2, whatever the data.
-    assert LOSSES["npo"](model, model, batch, S).item() == pytest.approx(2 / S.beta * torch.log(torch.tensor(2.0)).item(), rel=1e-5)
-    assert LOSSES["dpo"](model, model, batch, S).item() == pytest.approx(2 / S.beta * torch.log(torch.tensor(2.0)).item(), rel=1e-5)
+    assert get("meow.loss", "npo")(model, model, batch, S).item() == pytest.approx(2 / S.beta * torch.log(torch.tensor(2.0)).item(), rel=1e-5)
+    assert get("meow.loss", "dpo")(model, model, batch, S).item() == pytest.approx(2 / S.beta * torch.log(torch.tensor(2.0)).item(), rel=1e-5)

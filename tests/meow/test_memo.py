@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from methods.meow.memo import MemoSettings, memo_batched, memo_simple, rouge1_precision, score_rows, select_top_k, windows
+from methods.meow.config import MemoConfig
+from methods.meow.memo import memo_batched, memo_simple, rouge1_precision, score_rows, select_top_k, windows
 
 
 def test_windows_cut_every_fifth_character():
@@ -26,7 +27,7 @@ def test_batched_memo_equals_simple(finetuned):
     cfg, source, model, tok = finetuned
     rows = source.load("forget10_perturbed")[:3]
     pairs = [(r["question"], a) for r in rows for a in (r["answer"], r["perturbed_answer"][0])]
-    s = MemoSettings(max_new_tokens=40, batch_size=16)
+    s = MemoConfig(max_new_tokens=40, batch_size=16)
     batched = memo_batched(model, tok, pairs, s)
     simple = [memo_simple(model, tok, q, a, s) for q, a in pairs]
     assert batched == pytest.approx(simple, abs=0.01)
@@ -37,7 +38,7 @@ def test_batched_memo_equals_simple(finetuned):
 def test_score_rows_writes_release_layout(finetuned):
     cfg, source, model, tok = finetuned
     row = {"question": "Where was Ada born?", "undesired_answer": "In Lisbon.", "answer_0": "In Oslo.", "answer_1": "In Riga."}
-    (out,) = score_rows(model, tok, [row], MemoSettings(max_new_tokens=10))
+    (out,) = score_rows(model, tok, [row], MemoConfig(max_new_tokens=10))
     assert set(out) == set(row) | {"undesired_answer_rouge1", "answer_0_rouge1", "answer_1_rouge1"}
     assert all(0.0 <= out[k] <= 1.0 for k in out if k.endswith("_rouge1"))
 

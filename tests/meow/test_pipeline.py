@@ -1,4 +1,4 @@
-"""End to end through the CLI on the tiny default, plus the sharded MEMO command and bad-input exits."""
+"""End to end through the CLI on the tiny default, plus the sharded MEMO command and mismatched inputs."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from methods.meow import commands
-from methods.meow.config import compose_config as make_cfg
+from common.config import compose
+from methods.meow import commands, pipeline
+from methods.meow.memo import score_rows
 from tests.meow.conftest import SMALL
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,6 +24,9 @@ def test_meow_lowers_forget_rouge_and_keeps_retain(finetuned, meow_cache, tmp_pa
     run = tmp_path / "run"
     proc = run_cli("train", "method=meow", "compare=[]", f"cache_dir={meow_cache}", f"hydra.run.dir={run}", *SMALL)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # The paper-shaped table ends the output: one row per model.
+    assert "| model | forget quality | model utility | forget ROUGE | retain ROUGE |" in proc.stdout
+    assert all(f"\n| {name} | " in proc.stdout for name in ("finetuned", "retain", "meow"))
     m = json.loads((run / "results.json").read_text())["metrics"]
     # The fine-tuned model memorised the forget set (the retain model never saw it) ...
     assert m["finetuned/forget_rouge"] > m["retain/forget_rouge"] + 0.2
@@ -51,32 +55,27 @@ def test_mismatched_inverted_facts_stop_before_training(tmp_path, key):
     assert not (cache / "meow" / "models").exists()  # nothing was fine-tuned or unlearned
 
 
-def test_unknown_method_is_one_line(tmp_path):
-    proc = run_cli("train", "method=forget_everything", f"cache_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
-    assert proc.returncode == 2 and "error: method: unknown ['forget_everything']" in proc.stderr
-
-
 def test_sharded_memo_merges_to_the_unsharded_scores(finetuned, meow_cache, tmp_path):
     shards = []
     for i in range(2):
-        cfg = make_cfg(f"cache_dir={meow_cache}", f"shard={i}", "num_shards=2", "memo.max_new_tokens=40", *SMALL)
+        cfg = compose("meow", f"cache_dir={meow_cache}", f"shard={i}", "num_shards=2", "memo.max_new_tokens=40", *SMALL)
         shards.append(commands.memo(cfg, tmp_path / f"shard{i}"))
     merged = json.loads((tmp_path / "shard1" / "memo.json").read_text())
-    cfg, source, model, tok = finetuned
+    _, source, model, tok = finetuned
     assert [r["question"] for r in merged] == [r["question"] for r in source.load("forget10")]
     assert shards[0]["rows"] == 5 and shards[1]["rows"] == 10
-    whole = commands.score_rows(model, tok, merged, commands.MemoSettings(max_new_tokens=40))
-    for a, b in zip(merged, whole):
+    whole = score_rows(model, tok, merged, cfg.memo)
+    for a, b in zip(merged, whole, strict=True):
         assert a["answer_0_rouge1"] == pytest.approx(b["answer_0_rouge1"], abs=0.01)
 
 
 def test_eval_against_a_tofu_format_retain_log(finetuned, meow_cache, tmp_path):
     """Our retain model's logs are in TOFU's layout, so they serve as a file reference exactly like TOFU's own."""
     cfg, source, model, tok = finetuned
-    commands.retain_logs(cfg, source)  # our retain model's TOFU logs (cached by the end-to-end run if it ran first)
+    pipeline.retain_logs(cfg, source)  # our retain model's TOFU logs (cached by the end-to-end run if it ran first)
     (retain_dir,) = (meow_cache / "meow" / "eval").glob("retain-*")
-    from_file = commands.eval(make_cfg(f"cache_dir={meow_cache}", f"eval.retain_log={retain_dir}", *SMALL), tmp_path / "a")
-    own = commands.eval(make_cfg(f"cache_dir={meow_cache}", *SMALL), tmp_path / "b")
+    from_file = commands.eval(compose("meow", f"cache_dir={meow_cache}", f"eval.retain_log={retain_dir}", *SMALL), tmp_path / "a")
+    own = commands.eval(compose("meow", f"cache_dir={meow_cache}", *SMALL), tmp_path / "b")
     assert from_file["forget_quality"] == pytest.approx(own["forget_quality"])
     assert own["forget_quality"] < 0.05 and own["forget/rouge"] > 0.9  # the target still knows the forget set
     assert (tmp_path / "a" / "eval" / "eval_log_forget.json").is_file()
@@ -84,10 +83,10 @@ def test_eval_against_a_tofu_format_retain_log(finetuned, meow_cache, tmp_path):
 
 def test_lora_unlearning_trains_and_saves_only_the_adapter(finetuned, meow_cache, tmp_path):
     cfg, source, _, _ = finetuned
-    cfg = make_cfg(f"cache_dir={meow_cache}", "model.lora.r=4", "trainer.epochs=1", *SMALL)
-    target = commands.finetuned_path(cfg, source, "target")
-    selected = {r["question"]: [r["answer_0"]] for r in commands.inverted_rows(cfg, source)[0]}
-    model, _ = commands.unlearn(cfg, "meow", source, target, selected, tmp_path, None)
+    cfg = compose("meow", f"cache_dir={meow_cache}", "model.lora.r=4", "trainer.epochs=1", *SMALL)
+    target = pipeline.finetuned_path(cfg, source, "target")
+    selected = {r["question"]: [r["answer_0"]] for r in pipeline.inverted_rows(cfg, source)[0]}
+    model, _ = pipeline.unlearn(cfg, "meow", source, target, selected, tmp_path, None)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert (tmp_path / "model" / "adapter_model.safetensors").is_file()

@@ -8,12 +8,13 @@ import pytest
 
 from common.errors import UserError
 from methods.meow import tofu_eval
+from methods.meow.config import EvalConfig
 
 
 def log(gt, para, pert, rouge):
     idx = [str(i) for i in range(len(gt))]
-    return {"avg_gt_loss": dict(zip(idx, gt)), "avg_paraphrased_loss": dict(zip(idx, para)),
-            "avg_perturbed_loss": dict(zip(idx, pert)), "rougeL_recall": dict(zip(idx, rouge))}
+    return {"avg_gt_loss": dict(zip(idx, gt, strict=True)), "avg_paraphrased_loss": dict(zip(idx, para, strict=True)),
+            "avg_perturbed_loss": dict(zip(idx, pert, strict=True)), "rougeL_recall": dict(zip(idx, rouge, strict=True))}
 
 
 def test_truth_ratio_forget_and_retain_aggregation():
@@ -64,8 +65,9 @@ def test_tofu_format_reference_log(tmp_path):
 def test_batched_eval_log_equals_unbatched(finetuned):
     cfg, source, model, tok = finetuned
     rows = source.load("forget10_perturbed")[:6]
-    a = tofu_eval.eval_log(model, tok, rows, "paraphrased_answer", tofu_eval.EvalSettings(batch_size=1))
-    b = tofu_eval.eval_log(model, tok, rows, "paraphrased_answer", tofu_eval.EvalSettings(batch_size=6))
+    shape = dict(family=cfg.model.family, max_length=cfg.data.max_length)
+    a = tofu_eval.eval_log(model, tok, rows, "paraphrased_answer", EvalConfig(batch_size=1), **shape)
+    b = tofu_eval.eval_log(model, tok, rows, "paraphrased_answer", EvalConfig(batch_size=6), **shape)
     assert a["generated_text"] == b["generated_text"]
     for key in ("avg_gt_loss", "avg_paraphrased_loss"):
         assert list(a[key].values()) == pytest.approx(list(b[key].values()), abs=1e-4)
