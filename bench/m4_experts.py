@@ -12,20 +12,17 @@ Checks that both forms give the same outputs (probabilities and per-gene attenti
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from methods.m4.model import build_model, transfer_experts  # noqa: E402
+from methods.m4.model import m4, transfer_experts
 
 
 def step_seconds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     start = time.perf_counter()
-    F.binary_cross_entropy(model(x), y, reduction="sum").backward()  # the loss of methods.m4.commands.bce_loss
+    F.binary_cross_entropy(model(x), y, reduction="sum").backward()  # the loss of methods.m4.train.bce_loss
     elapsed = time.perf_counter() - start
     model.zero_grad(set_to_none=True)
     return elapsed
@@ -48,7 +45,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    batched = build_model("m4", feat_input=2048, tasks=10, num_expert=5, hidden=512, batched=True)
+    batched = m4(feat_input=2048, tasks=10, num_expert=5, hidden=512, batched=True)
     sequential = transfer_experts(batched, batched=False)
     assert batched.batched and not sequential.batched
     x = torch.randn(args.instances, 2048)

@@ -12,7 +12,6 @@ Usage: python bench/m4_extract.py [--size 6144] [--backbone resnet18] [--input-s
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,10 +21,10 @@ import numpy as np
 import openslide
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from methods.m4.extract import SlideJob, build_backbone, extract, output_paths  # noqa: E402
-from methods.m4.slides import render_slide, write_pyramid_tiff  # noqa: E402
-from methods.m4.tiling import TileParams, tile_slide  # noqa: E402
+from methods.m4.config import ExtractConfig, TileConfig
+from methods.m4.extract import SlideJob, build_backbone, extract, output_paths
+from methods.m4.slides import render_slide, write_pyramid_tiff
+from methods.m4.tiling import tile_slide
 
 
 def clam_style(path: Path, job: SlideJob, backbone, input_size: int, batch_size: int) -> np.ndarray:
@@ -64,9 +63,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp())
     path = work / "slide.tiff"
     write_pyramid_tiff(path, render_slide((1, 0, 1, 0), args.size, args.size, seed=0), mpp=0.5)
-    result = tile_slide(path, TileParams(patch_size=256, target_mpp=0.5))
+    result = tile_slide(path, TileConfig(patch_size=256, target_mpp=0.5))
     job = SlideJob("slide", path, result.coords, result.plan.level, result.plan.read_size)
-    backbone = build_backbone(args.backbone, "random", allow_random_weights=True)
+    cfg = ExtractConfig(backbone=args.backbone, weights="random", allow_random_weights=True, input_size=args.input_size,
+                        batch_size=args.batch_size, num_workers=args.workers)
+    backbone = build_backbone(cfg)
     clam_style(path, job, backbone, args.input_size, args.batch_size)  # warm-up (oneDNN primitives, page cache)
     t_seq, t_model, t_pipe = [], [], []
     for r in range(args.repeats):  # interleaved, best of N
@@ -75,7 +76,7 @@ def main() -> None:
         t_seq.append(time.perf_counter() - start)
         t_model.append(model_seconds)
         start = time.perf_counter()
-        extract([job], backbone, work / f"features{r}", args.input_size, args.batch_size, args.workers, progress=False)
+        extract([job], backbone, work / f"features{r}", cfg, progress=False)
         t_pipe.append(time.perf_counter() - start)
     with h5py.File(output_paths(work / "features0", "slide")[0]) as f:
         diff = float(np.abs(f["features"][:] - reference).max())

@@ -1,6 +1,6 @@
 """One M4 run for 10 genes against 10 single-task gated-ABMIL runs (one per gene), same bags, same run.
 
-Both go through `methods.m4.commands.fit_model`, the function `python -m methods.m4 train` uses: conf/m4.yaml's trainer
+Both go through `methods.m4.train.fit_model`, the function `python -m methods.m4 train` uses: conf/m4.yaml's trainer
 (Adam, cosine to 0.1x, one slide per step, summed BCE), a validation pass per epoch for best-epoch selection, the
 same CPU thread setting as `train` (train.cpu_threads). Random 2048-d bags of about 500 instances stand in for RetCCL
 features (only time is measured); they are written as pt_files/ so loading is timed too.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import tempfile
 import time
 import warnings
@@ -23,24 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from methods.m4 import commands  # noqa: E402
-from methods.m4 import data as m4data  # noqa: E402
-from methods.m4.extract import output_paths  # noqa: E402
-
-
-def compose(*overrides: str):
-    """conf/m4.yaml composed with overrides and validated against the schema, as the CLI does."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from common.cli import CONF_DIR, register_schema
-    from common.config import validate
-    from methods.m4.config import M4Config
-
-    register_schema("m4", M4Config)
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        return validate(hydra_compose(config_name="m4", overrides=list(overrides)), M4Config)
+from common.config import compose
+from methods.m4 import data as m4data
+from methods.m4.extract import output_paths
+from methods.m4.model import model_kwargs
+from methods.m4.train import ModelRun, fit_model
 
 
 def main() -> None:
@@ -57,9 +43,9 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     work = Path(tempfile.mkdtemp())
-    cfg = compose(f"trainer.epochs={args.epochs}", "trainer.progress=false", "logger.kind=none", f"cache_dir={work}")
+    cfg = compose("m4", f"trainer.epochs={args.epochs}", "trainer.progress=false", "logger.kind=none", f"cache_dir={work}")
     threads = args.threads or cfg.train.cpu_threads or torch.get_num_threads()
-    torch.set_num_threads(threads)  # as commands.train does before training
+    torch.set_num_threads(threads)  # as the train command does before training
 
     n = args.bags + args.val_bags
     rng = np.random.default_rng(0)
@@ -67,7 +53,7 @@ def main() -> None:
     slide_ids = [f"S{i:03d}" for i in range(n)]
     features_dir = work / "features"
     sizes = rng.integers(int(args.instances * 0.8), int(args.instances * 1.2) + 1, n)
-    for sid, size in zip(slide_ids, sizes):
+    for sid, size in zip(slide_ids, sizes, strict=True):
         pt = output_paths(features_dir, sid)[1]
         pt.parent.mkdir(parents=True, exist_ok=True)
         torch.save(torch.from_numpy(rng.standard_normal((int(size), 2048), dtype=np.float32)), pt)
@@ -76,24 +62,24 @@ def main() -> None:
     split = m4data.Split("bench", list(range(args.bags)), list(range(args.bags, n)), [])
 
     def run_seconds(name: str, cols: list[int], tag: str) -> float:
-        run = commands.ModelRun(name, commands._model_kwargs(cfg, name, 2048, len(cols)), cols, split, work / "runs" / tag)
+        run = ModelRun(name, model_kwargs(name, cfg.mil, 2048, len(cols)), cols, split, work / "runs" / tag)
         start = time.perf_counter()
-        commands.fit_model(cfg, run, labels, features_dir, 2048)
+        fit_model(cfg, run, labels, features_dir)
         return time.perf_counter() - start
 
     all_cols = list(range(args.genes))
     t_m4: list[float] = []
     t_gene: list[list[float]] = [[] for _ in all_cols]
+    def m4(r: int) -> None:
+        t_m4.append(run_seconds("m4", all_cols, f"m4_{r}"))
+
+    def singles(r: int) -> None:
+        for c in all_cols:
+            t_gene[c].append(run_seconds("amil", [c], f"amil_{r}_{c}"))
+
     for r in range(args.repeats):
-        def m4() -> None:
-            t_m4.append(run_seconds("m4", all_cols, f"m4_{r}"))
-
-        def singles() -> None:
-            for c in all_cols:
-                t_gene[c].append(run_seconds("amil", [c], f"amil_{r}_{c}"))
-
         for step in ((m4, singles) if r % 2 == 0 else (singles, m4)):  # alternate the order: the machine is noisy
-            step()
+            step(r)
     m4_best, single_best = min(t_m4), sum(min(t) for t in t_gene)
     print(f"{args.bags} training + {args.val_bags} validation bags of ~{args.instances} x 2048, {args.genes} genes, "
           f"{args.epochs} epochs, {threads} thread(s), best of {args.repeats}")

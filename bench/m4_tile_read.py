@@ -16,7 +16,6 @@ Usage: python bench/m4_tile_read.py [--size 6144] [--repeats 4] [--passes 3]
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,10 +24,10 @@ import numpy as np
 import openslide
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from methods.m4.extract import PatchDataset, SlideJob  # noqa: E402
-from methods.m4.slides import render_slide, write_pyramid_tiff  # noqa: E402
-from methods.m4.tiling import TileParams, tile_slide  # noqa: E402
+from methods.m4.config import TileConfig
+from methods.m4.extract import PatchDataset, SlideJob
+from methods.m4.slides import render_slide, write_pyramid_tiff
+from methods.m4.tiling import tile_slide
 
 
 def main() -> None:
@@ -39,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     path = Path(tempfile.mkdtemp()) / "slide.tiff"
     write_pyramid_tiff(path, render_slide((1, 0, 1, 0), args.size, args.size, seed=0), mpp=0.5)
-    params = TileParams(patch_size=256, target_mpp=0.5)
+    params = TileConfig(patch_size=256, target_mpp=0.5)
     result = tile_slide(path, params)  # warm-up (imports, page cache); its coordinates serve the raw loop
     coords, plan = result.coords, result.plan
 

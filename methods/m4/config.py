@@ -1,104 +1,141 @@
-"""Config schema of `python -m methods.m4` (YAML: conf/m4.yaml, cohorts: conf/cohort/, presets: conf/experiment/m4/)."""
+"""Settings of `python -m methods.m4`, declared once: defaults are the paper's (Bigyehahaha/M4 main.py +
+scripts/M4-main.sh); conf/m4.yaml holds only the embedded synthetic demo's deviations, conf/experiment/m4/ the
+presets, conf/m4/cohort/ the TCGA cohorts (`+m4/cohort=brca`). Tiling, extraction and the models receive these
+sections as they are."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
-from common.config import BaseConfig
+from common.config import PATH, BaseConfig, TrainerConfig, opt, section
+from common.errors import UserError
+
+SEGMENTS = 4  # M4's proxy segments (methods/m4/model.py): the hidden width must split into them
 
 
 @dataclass
 class DataConfig:
-    cohort: str = "synthetic"  # a name for reports; conf/cohort/<name>.yaml sets the rest
-    slides_dir: Optional[str] = None  # null: generate the synthetic cohort under <cache_dir>/m4/synthetic
-    labels_csv: Optional[str] = None  # case_id, slide_id, <gene columns>
-    genes: List[str] = field(default_factory=list)  # empty: every column after case_id, slide_id
-    work_dir: Optional[str] = None  # patches/ and features/ go here; null: beside the synthetic cohort
-    features_dir: Optional[str] = None  # h5_files/ + pt_files/ made elsewhere (CLAM, TRIDENT); null: <work_dir>/features/<backbone>
-    slide_mpp: Optional[float] = None  # overrides the slides' own mpp (for files that lack it)
+    cohort: str = opt("synthetic", "a name for reports; +m4/cohort=<name> sets the paper's genes", key=False)
+    slides_dir: Optional[str] = opt(None, "directory of the slides; null (and features_dir null): the synthetic cohort", exists=PATH)
+    labels_csv: Optional[str] = opt(None, "labels: case_id, slide_id, <gene columns of 0/1>", exists=PATH)
+    genes: List[str] = opt([], "gene columns to predict; empty: every column after case_id, slide_id")
+    work_dir: Optional[str] = opt(None, "where patches/<key>/ and features/<backbone>-<key>/ go; null: beside the synthetic cohort")
+    features_dir: Optional[str] = opt(None, "h5_files/ + pt_files/ made elsewhere (CLAM, TRIDENT), used as they are", exists=PATH)
+    slide_mpp: Optional[float] = opt(None, "microns per level-0 pixel, for slides that lack it", gt=0)
+
+    def check(self) -> None:
+        if self.slides_dir and not (self.work_dir or self.features_dir):
+            raise UserError("config: data.slides_dir is set but not data.work_dir (where patches/ and features/ go)")
 
 
 @dataclass
 class SyntheticConfig:
-    n_patients: int = 96
-    genes: List[str] = field(default_factory=lambda: ["TP53", "PIK3CA", "CDH1", "GATA3"])
-    height: int = 1024  # level-0 pixels at 0.5 mpp
-    width: int = 1536
-    seed: int = 0
+    n_patients: int = opt(96, "patients (some with two slides); ~20 test patients: fewer make per-gene AUCs swing", ge=5)
+    genes: List[str] = opt(["TP53", "PIK3CA", "CDH1", "GATA3"], "genes, one visible texture trait each (at most 6)")
+    height: int = opt(1024, "slide height in level-0 pixels at 0.5 mpp", ge=256)
+    width: int = opt(1536, "slide width in level-0 pixels at 0.5 mpp", ge=256)
+    seed: int = opt(0, "seed of the slides and their mutations")
 
 
 @dataclass
 class TileConfig:
-    patch_size: int = 256
-    target_mpp: float = 0.5
-    target_magnification: Optional[float] = None  # e.g. 20 (mpp = 10 / magnification); overrides target_mpp
-    overlap: int = 0
-    min_tissue: float = 0.5
-    seg_mpp: float = 8.0
-    min_saturation: float = 0.05
-    max_saturation: float = 0.15
-    min_hole_um2: float = 2500.0
-    min_speck_um2: float = 5000.0
+    patch_size: int = opt(256, "patch side in pixels at the target resolution", ge=16)
+    target_mpp: float = opt(0.5, "microns per pixel of the patches (0.5 = 20x)", gt=0)
+    target_magnification: Optional[float] = opt(None, "e.g. 20 (mpp = 10 / magnification); overrides target_mpp", gt=0)
+    overlap: int = opt(0, "overlap of neighbouring patches in pixels at the target resolution", ge=0)
+    min_tissue: float = opt(0.5, "fraction of a patch that must be tissue", ge=0, le=1)
+    seg_mpp: float = opt(8.0, "microns per pixel of the segmentation thumbnail", gt=0)
+    thumbnail_max: int = opt(4096, "cap on the segmentation thumbnail's longest side", ge=64)
+    min_saturation: float = opt(0.05, "floor on Otsu's saturation threshold (a blank slide keeps no noise)", ge=0, le=1)
+    max_saturation: float = opt(0.15, "cap on Otsu's threshold (a slide with little glass is not split in two)", ge=0, le=1)
+    min_hole_um2: float = opt(2500.0, "holes in tissue smaller than this (square microns) are filled", ge=0)
+    min_speck_um2: float = opt(5000.0, "tissue specks smaller than this (square microns) are dropped", ge=0)
+
+    def check(self) -> None:
+        if self.overlap >= self.patch_size:
+            raise UserError(f"config: tile.overlap={self.overlap} must be smaller than tile.patch_size={self.patch_size}")
 
 
 @dataclass
 class ExtractConfig:
-    backbone: str = "resnet50_trunc"  # any timm name, <timm name>_trunc, or retccl (2048-d, as the paper)
-    weights: str = "hub"  # hub | random | path to a local checkpoint
-    allow_random_weights: bool = False
-    input_size: int = 224
-    batch_size: int = 64
-    num_workers: int = 2
-    device: str = "auto"
+    backbone: str = opt("retccl", "retccl (ResNet-50, 2048-d, as the paper), any timm name, or <timm name>_trunc (stage 3)")
+    weights: str = opt("hub", "hub (timm's pretrained weights), random, or a local .pth/.pt/.safetensors file",
+                       choices=("hub", "random"), exists=PATH)
+    allow_random_weights: bool = opt(False, "let weights=random run (meaningless features: tests and the demo only)", key=False)
+    input_size: int = opt(256, "side the patches are resized to before the backbone", ge=16)
+    batch_size: int = opt(64, "patches per backbone pass", ge=1, key=False)
+    num_workers: int = opt(2, "DataLoader workers reading patches", ge=0, key=False)
+    device: str = opt("auto", "auto: cuda when available", choices=("auto", "cpu", "cuda"), key=False)
 
 
 @dataclass
-class ModelSpec:
-    num_expert: int = 5
-    hidden: int = 512
-    batched_experts: bool = True  # all experts in one pass; false = one after another, as the official code
+class MilConfig:
+    num_expert: int = opt(5, "experts of M4 and MMoE", ge=1)
+    hidden: int = opt(512, "width of the experts' features (M4: a multiple of 4, one segment per proxy)", ge=SEGMENTS)
+    batched_experts: bool = opt(True, "all M4 experts in one pass; false: one after another, as the official code")
+
+    def check(self) -> None:
+        if self.hidden % SEGMENTS:
+            raise UserError(f"config: mil.hidden={self.hidden} must split into {SEGMENTS} proxy segments")
 
 
 @dataclass
 class TrainConfig:
-    models: List[str] = field(default_factory=lambda: ["m4", "mmoe", "amil"])  # amil runs once per gene
-    protocol: str = "official"  # official (fixed 20% test + repeated 80/20 train/val) | kfold
-    n_splits: int = 5
-    test_size: float = 0.2
-    val_size: float = 0.2
-    split_seed: int = 42
-    stratify_gene: Optional[str] = None  # kfold: default the rarest gene
-    threshold: float = 0.5
-    cache_features: bool = False  # keep bags in memory (small cohorts)
-    save_checkpoints: bool = True  # per-epoch checkpoints for resume; the best weights are always kept
-    # CPU intra-op threads while training (null: torch's default). Bags of a few dozen patches make ops so small that
-    # 2 OpenMP threads spend more time synchronising than computing (measured: M4 step 31 ms with 1 thread vs
-    # 420 ms with 2 on a loaded 2-core VM).
-    cpu_threads: Optional[int] = None
+    models: List[str] = opt(["m4", "mmoe", "amil"], "models to train (amil: once per gene)", registry="m4.model")
+    protocol: str = opt("official", "official: fixed test set + repeated train/val splits; kfold: stratified patient folds",
+                        choices=("official", "kfold"))
+    n_splits: int = opt(5, "train/val splits (official) or folds (kfold)", ge=1)
+    test_size: float = opt(0.2, "official: fraction of patients held out for testing", gt=0, lt=1)
+    val_size: float = opt(0.2, "fraction of the remaining patients used for validation", gt=0, lt=1)
+    split_seed: int = opt(42, "seed of the patient splits")
+    stratify_gene: Optional[str] = opt(None, "kfold: the gene folds are stratified on; null: the rarest")
+    threshold: float = opt(0.5, "probability threshold of F1, accuracy, sensitivity and specificity", ge=0, le=1)
+    cache_features: bool = opt(False, "keep bags in memory (small cohorts)", key=False)
+    save_checkpoints: bool = opt(True, "per-epoch checkpoints for resume; the best weights are always kept", key=False)
+    # Bags of a few dozen patches make ops so small that 2 OpenMP threads spend more time synchronising than
+    # computing (measured: M4 step 31 ms with 1 thread vs 420 ms with 2 on a loaded 2-core VM).
+    cpu_threads: Optional[int] = opt(None, "CPU intra-op threads while training; null: torch's default", ge=1, key=False)
+
+    def check(self) -> None:
+        if self.protocol == "kfold" and self.n_splits < 2:
+            raise UserError(f"config: train.n_splits={self.n_splits}: kfold needs at least 2 folds")
 
 
 @dataclass
 class EvalConfig:
-    run_dir: Optional[str] = None  # a train run dir; null: the latest under outputs/m4/train
+    run_dir: Optional[str] = opt(None, "a train run dir; null: the latest under outputs/m4/train", exists=PATH)
 
 
 @dataclass
 class HeatmapConfig:
-    run_dir: Optional[str] = None  # a train run dir; null: the latest under outputs/m4/train
-    model: str = "m4"
-    split: int = 0
-    slides: List[str] = field(default_factory=list)  # empty: the first max_slides test slides
-    max_slides: int = 2
-    thumbnail_size: int = 1024
+    run_dir: Optional[str] = opt(None, "a train run dir; null: the latest under outputs/m4/train", exists=PATH)
+    model: str = opt("m4", "trained multi-gene model whose attention is shown (m4 or mmoe)", registry="m4.model")
+    split: int = opt(0, "which split's model", ge=0)
+    slides: List[str] = opt([], "slide ids; empty: the first max_slides test slides of the split")
+    max_slides: int = opt(2, "test slides shown when slides is empty", ge=1)
+    thumbnail_size: int = opt(1024, "longest side of the thumbnail in pixels", ge=64)
 
 
 @dataclass
 class M4Config(BaseConfig):
-    data: DataConfig = field(default_factory=DataConfig)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    tile: TileConfig = field(default_factory=TileConfig)
-    extract: ExtractConfig = field(default_factory=ExtractConfig)
-    model: ModelSpec = field(default_factory=ModelSpec)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    heatmap: HeatmapConfig = field(default_factory=HeatmapConfig)
+    # The official schedule: BCE per gene summed, Adam lr 1e-4 wd 4e-5, cosine to 0.1x over 32 epochs, one slide per
+    # step, no gradient clipping.
+    trainer: TrainerConfig = section(
+        TrainerConfig, "the shared trainer", epochs=32.0, batch_size=1, lr=1e-4, weight_decay=4e-5, optimizer="adam",
+        scheduler="cosine_with_min_lr", scheduler_kwargs={"min_lr_rate": 0.1}, max_grad_norm=0.0)
+    data: DataConfig = section(DataConfig, "the cohort: slides, labels, where patches and features go")
+    synthetic: SyntheticConfig = section(SyntheticConfig, "the synthetic cohort used when no data is given")
+    tile: TileConfig = section(TileConfig, "tissue segmentation and the patch grid")
+    extract: ExtractConfig = section(ExtractConfig, "patch features")
+    mil: MilConfig = section(MilConfig, "the MIL architectures (M4, MMoE, ABMIL)")
+    train: TrainConfig = section(TrainConfig, "models, splits and metrics")
+    eval: EvalConfig = section(EvalConfig, "re-scoring a train run")
+    heatmap: HeatmapConfig = section(HeatmapConfig, "per-gene attention heatmaps")
+
+    def check(self) -> None:
+        super().check()
+        d = self.data
+        if d.cohort != "synthetic" and d.slides_dir is None and d.features_dir is None:
+            raise UserError(f"config: cohort {d.cohort}: set data.slides_dir (+ data.work_dir) or data.features_dir")
+        if d.cohort != "synthetic" and self.command in ("train", "eval") and d.labels_csv is None:
+            raise UserError(f"config: cohort {d.cohort}: `{self.command}` needs data.labels_csv")

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from common.errors import UserError
+from methods.m4.config import TrainConfig
 
 
 @dataclass
@@ -121,7 +122,7 @@ def kfold_splits(labels: Labels, k: int = 5, val_size: float = 0.2, seed: int = 
         raise UserError(f"train.stratify_gene: '{gene}' is not one of {', '.join(labels.genes)}")
     col = labels.genes.index(gene)
     by_patient = {p: 0 for p in patients}
-    for c, v in zip(labels.case_ids, labels.y[:, col]):
+    for c, v in zip(labels.case_ids, labels.y[:, col], strict=True):
         by_patient[c] = max(by_patient[c], int(v))
     strata = np.array([by_patient[p] for p in patients])
     n_min = int(np.bincount(strata, minlength=2).min())
@@ -138,6 +139,18 @@ def kfold_splits(labels: Labels, k: int = 5, val_size: float = 0.2, seed: int = 
                                       stratify=rest if can_stratify else None)
         splits.append(Split(f"fold{i}", _rows(labels, set(train)), _rows(labels, set(val)), _rows(labels, set(arr[test_idx]))))
     return splits
+
+
+def make_splits(labels: Labels, cfg: TrainConfig) -> list[Split]:
+    if cfg.protocol == "kfold":
+        return kfold_splits(labels, cfg.n_splits, cfg.val_size, cfg.split_seed, cfg.stratify_gene)
+    return official_splits(labels, cfg.n_splits, cfg.test_size, cfg.val_size, cfg.split_seed)
+
+
+def split_records(labels: Labels, splits: list[Split]) -> list[dict]:
+    """Splits by slide id, for splits.json."""
+    return [{"name": s.name, **{part: [labels.slide_ids[r] for r in getattr(s, part)] for part in ("train", "val", "test")}}
+            for s in splits]
 
 
 class BagDataset(torch.utils.data.Dataset):

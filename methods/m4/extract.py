@@ -12,7 +12,6 @@ cannot be opened or read is reported and skipped; a slide without tissue patches
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,9 @@ import torch
 from torch import nn
 
 from common.errors import UserError
+from common.io import atomic_write
+from common.items import Outcome, reason
+from methods.m4.config import ExtractConfig
 from methods.m4.tiling import read_coords
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,7 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # pickled code objects, a truncated file, ...
+        except Exception as e:  # noqa: BLE001 - pickled code objects, a truncated file, ...
             raise UserError(f"{path}: cannot load weights safely ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -87,7 +89,7 @@ def _apply_weights(model: nn.Module, path: Path) -> None:
         log.warning("%s: %d tensors not used by the backbone (e.g. %s)", path, len(unexpected), ", ".join(unexpected[:3]))
 
 
-def build_backbone(name: str, weights: str = "hub", allow_random_weights: bool = False) -> Backbone:
+def build_backbone(cfg: ExtractConfig) -> Backbone:
     """A timm backbone by name, `<timm name>_trunc` for a trunk cut after stage 3, or `retccl` (ResNet-50, 2048-d).
 
     weights: "hub" (timm's pretrained weights, downloaded if reachable), a local .pth/.pt/.safetensors file, or
@@ -95,11 +97,12 @@ def build_backbone(name: str, weights: str = "hub", allow_random_weights: bool =
     """
     import timm
 
+    name, weights = cfg.backbone, cfg.weights
     arch = {"retccl": "resnet50", "resnet50_trunc": "resnet50.tv_in1k"}.get(name, name)
     truncated = name.endswith("_trunc")
     if truncated and name != "resnet50_trunc":
         arch = name.removesuffix("_trunc")
-    if weights == "random" and not allow_random_weights:
+    if weights == "random" and not cfg.allow_random_weights:
         raise UserError("extract.weights=random gives meaningless features; set extract.allow_random_weights=true to insist")
     if name == "retccl" and weights == "hub":
         raise UserError("RetCCL weights are not on a hub: download them (github.com/Xiyue-Wang/RetCCL) and set extract.weights=<file>")
@@ -124,8 +127,8 @@ def build_backbone(name: str, weights: str = "hub", allow_random_weights: bool =
     model.eval()
     with torch.inference_mode():
         dim = model(torch.zeros(1, 3, 64, 64)).shape[-1]
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(getattr(model, "trunk", None), "pretrained_cfg", None) or {}
-    return Backbone(model, dim, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
+    norm = getattr(model, "pretrained_cfg", None) or getattr(getattr(model, "trunk", None), "pretrained_cfg", None) or {}
+    return Backbone(model, dim, tuple(norm.get("mean", IMAGENET_MEAN)), tuple(norm.get("std", IMAGENET_STD)))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -175,7 +178,7 @@ class PatchDataset(torch.utils.data.Dataset):
         x, y = (int(v) for v in job.coords[k - self.start[j]])
         try:
             img = self._slide(j).read_region((x, y), job.level, (job.read_size, job.read_size)).convert("RGB")
-        except Exception as e:  # openslide.OpenSlideError and friends; reported per slide by the caller
+        except Exception as e:  # noqa: BLE001 - openslide.OpenSlideError and friends; reported per slide by the caller
             self._open = None
             return torch.zeros(3, self.out_size, self.out_size, dtype=torch.uint8), j, f"{type(e).__name__}: {e}"
         if img.size[0] != self.out_size:
@@ -195,10 +198,6 @@ def is_done(features_dir: Path, slide_id: str) -> bool:
     return all(p.is_file() for p in output_paths(features_dir, slide_id))
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 def remove_stale_tmp(features_dir: Path, slide_id: str) -> None:
     """Remove temporary files a killed run left for this slide (they never count as outputs)."""
     for final in output_paths(features_dir, slide_id):
@@ -208,17 +207,13 @@ def remove_stale_tmp(features_dir: Path, slide_id: str) -> None:
 
 def write_features(features_dir: Path, job: SlideJob, features: np.ndarray) -> None:
     h5_path, pt_path = output_paths(features_dir, job.slide_id)
-    h5_path.parent.mkdir(parents=True, exist_ok=True)
-    pt_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(pt_path)
-    torch.save(torch.from_numpy(features), tmp)
-    os.replace(tmp, pt_path)
-    tmp = _tmp(h5_path)
-    with h5py.File(tmp, "w") as f:
+    with atomic_write(pt_path) as tmp:
+        torch.save(torch.from_numpy(features), tmp)
+    # Last: its presence (with the .pt) marks the slide done.
+    with atomic_write(h5_path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("features", data=features, dtype=np.float32, chunks=(min(32, max(len(features), 1)), features.shape[1]))
         coords = f.create_dataset("coords", data=job.coords.astype(np.int64))
         coords.attrs.update(job.coord_attrs)
-    os.replace(tmp, h5_path)  # last: its presence (with the .pt) marks the slide done
 
 
 def load_features(features_dir: Path, slide_id: str) -> torch.Tensor:
@@ -239,15 +234,7 @@ def load_coords(features_dir: Path, slide_id: str) -> np.ndarray:
 # The extraction loop
 
 
-@dataclass
-class SlideOutcome:
-    slide_id: str
-    status: str  # done | skipped (already done) | empty | failed
-    n_patches: int = 0
-    message: str = ""
-
-
-def plan_jobs(slides: list[Path], patches_dir: Path, features_dir: Path) -> tuple[list[SlideJob], list[SlideOutcome]]:
+def plan_jobs(slides: list[Path], patches_dir: Path, features_dir: Path) -> tuple[list[SlideJob], list[Outcome]]:
     """Jobs for slides still to do; outcomes for those already done, empty, unreadable or without coordinates."""
     import openslide
 
@@ -257,22 +244,22 @@ def plan_jobs(slides: list[Path], patches_dir: Path, features_dir: Path) -> tupl
     for path in slides:
         sid = slide_id_of(path)
         if is_done(features_dir, sid):
-            outcomes.append(SlideOutcome(sid, "skipped", message="outputs already complete"))
+            outcomes.append(Outcome(sid, "skipped", message="outputs already complete"))
             continue
         remove_stale_tmp(features_dir, sid)
         coords_file = patches_dir / f"{sid}.h5"
         if not coords_file.is_file():
-            outcomes.append(SlideOutcome(sid, "failed", message=f"no coordinates file {coords_file} (run tile first)"))
+            outcomes.append(Outcome(sid, "failed", message=f"no coordinates file {coords_file} (run tile first)"))
             continue
         try:
             with openslide.OpenSlide(str(path)):
                 pass
             plan = read_coords(coords_file)
-        except Exception as e:  # unreadable slide or coordinates file
-            outcomes.append(SlideOutcome(sid, "failed", message=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+        except Exception as e:  # noqa: BLE001 - an unreadable slide or coordinates file fails that slide only
+            outcomes.append(Outcome(sid, "failed", message=reason(e)))
             continue
         if len(plan.coords) == 0:
-            outcomes.append(SlideOutcome(sid, "empty", message="no tissue patches"))
+            outcomes.append(Outcome(sid, "empty", message="no tissue patches"))
             continue
         with h5py.File(coords_file, "r") as f:
             attrs = dict(f["coords"].attrs)
@@ -280,30 +267,22 @@ def plan_jobs(slides: list[Path], patches_dir: Path, features_dir: Path) -> tupl
     return jobs, outcomes
 
 
-def extract(
-    jobs: list[SlideJob],
-    backbone: Backbone,
-    features_dir: Path,
-    input_size: int = 224,
-    batch_size: int = 64,
-    num_workers: int = 2,
-    device: str = "auto",
-    progress: bool = True,
-) -> list[SlideOutcome]:
+def extract(jobs: list[SlideJob], backbone: Backbone, features_dir: Path, cfg: ExtractConfig, progress: bool = True) -> list[Outcome]:
     """Embed every patch of `jobs` and write each slide's outputs as soon as it is complete."""
     from tqdm.auto import tqdm
 
     if not jobs:
         return []
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    num_workers = cfg.num_workers
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     model = backbone.model.to(dev).eval()
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     mean = torch.tensor(backbone.mean, device=dev).view(1, 3, 1, 1) * 255
     std = torch.tensor(backbone.std, device=dev).view(1, 3, 1, 1) * 255
-    dataset = PatchDataset(jobs, input_size)
+    dataset = PatchDataset(jobs, cfg.input_size)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=dev.type == "cuda",
+        dataset, batch_size=cfg.batch_size, num_workers=num_workers, pin_memory=dev.type == "cuda",
         prefetch_factor=4 if num_workers > 0 else None, persistent_workers=False,
     )
     buffers: dict[int, list[np.ndarray]] = {}
@@ -320,17 +299,17 @@ def extract(
                 rows = (slide_idx == int(j)).numpy()
                 buffers.setdefault(int(j), []).append(feats[rows])
                 received[j] += rows.sum()
-                bad = [m for m, r in zip(messages, rows) if r and m]
+                bad = [m for m, r in zip(messages, rows, strict=True) if r and m]
                 if bad and j not in errors:
                     errors[int(j)] = bad[0]
                 if received[j] == len(jobs[j].coords):
                     job = jobs[j]
                     parts = buffers.pop(int(j))
                     if j in errors:
-                        outcomes.append(SlideOutcome(job.slide_id, "failed", len(job.coords), errors[int(j)]))
+                        outcomes.append(Outcome(job.slide_id, "failed", len(job.coords), errors[int(j)]))
                     else:
                         write_features(features_dir, job, np.concatenate(parts).astype(np.float32))
-                        outcomes.append(SlideOutcome(job.slide_id, "done", len(job.coords)))
+                        outcomes.append(Outcome(job.slide_id, "done", len(job.coords)))
             bar.update(len(images))
     bar.close()
     return outcomes

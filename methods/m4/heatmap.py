@@ -35,7 +35,7 @@ def render(thumb: np.ndarray, coords: np.ndarray, size0: int, scale: float, scor
     overlay = thumb.astype(np.float32).copy()
     covered = np.zeros(thumb.shape[:2], bool)
     side = max(1, int(round(size0 / scale)))
-    for (x, y), colour in zip(coords, colours):
+    for (x, y), colour in zip(coords, colours, strict=True):
         tx, ty = int(x / scale), int(y / scale)
         overlay[ty : ty + side, tx : tx + side] = colour
         covered[ty : ty + side, tx : tx + side] = True
@@ -71,7 +71,7 @@ def attention_heatmaps(
         with openslide.OpenSlide(str(candidates[0])) as slide:
             thumb = np.asarray(slide.get_thumbnail((thumbnail_size, thumbnail_size)).convert("RGB"))
             scale = slide.dimensions[0] / thumb.shape[1]
-        for gene, scores in zip(genes, attention.numpy()):
+        for gene, scores in zip(genes, attention.numpy(), strict=True):
             path = out_dir / f"{sid}_{gene}.png"
             Image.fromarray(render(thumb, coords, size0, scale, scores)).save(path)
             written.append(path)

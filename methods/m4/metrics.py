@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.results import markdown_table, mean_std
+
 METRICS = ("auc", "f1", "acc", "sens", "spec")
 
 
@@ -72,6 +74,21 @@ def summarize(per_split: Sequence[dict[str, dict[str, float]]], prefix: str) -> 
         out[f"{prefix}/mean/{m}_mean"] = nanmean(per_split_mean)
         out[f"{prefix}/mean/{m}_std"] = nanstd(per_split_mean)
     return out
+
+
+def auc_table(metrics: dict[str, float], subset: str = "test") -> str:
+    """The paper's table: gene x model AUC, mean ± std over splits, then the mean over genes; read off the flat
+    `<model>/<subset>/<gene>/auc_mean|_std` metrics of `summarize`."""
+    found = [k.split("/")[:3] for k in metrics if k.endswith("/auc_mean") and k.count("/") == 3 and k.split("/")[1] == subset]
+    models = list(dict.fromkeys(m for m, _, _ in found))
+    genes = [g for g in dict.fromkeys(g for _, _, g in found) if g != "mean"] + ["mean"]
+
+    def cell(model: str, gene: str) -> str:
+        key = f"{model}/{subset}/{gene}/auc"
+        return mean_std(metrics.get(f"{key}_mean", math.nan), metrics.get(f"{key}_std", math.nan))
+
+    rows = [[g, *(cell(m, g) for m in models)] for g in genes]
+    return f"per-gene {subset} AUC, mean ± std over splits\n\n" + markdown_table(["gene", *models], rows)
 
 
 def roc_plots(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], out_dir: Path, title: str) -> list[Path]:

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-SEGMENTS = 4  # the official code hard-codes the 4-way split in the experts (Aggregator) and in the gates (view(4, -1))
+from common.registry import register
+from methods.m4.config import SEGMENTS, MilConfig  # SEGMENTS: the official code hard-codes a 4-way split
+
 PROXY_KERNELS = (3, 5, 7)  # segments 1..3; segment 0 is the identity proxy
 UNUSED_CLASSES = 4  # size of the experts' unused classifier, kept from the official state dict
 
@@ -122,7 +123,7 @@ class MultiProxy(nn.Module):
 
     def forward(self, h: torch.Tensor, side: int) -> torch.Tensor:
         identity, *convolved = _to_grid(h, side).chunk(SEGMENTS, dim=1)
-        proxies = [identity] + [conv(part) for conv, part in zip((self.agg1, self.agg2, self.agg3), convolved)]
+        proxies = [identity] + [conv(part) for conv, part in zip((self.agg1, self.agg2, self.agg3), convolved, strict=True)]
         return _from_grid(F.hardswish(torch.cat(proxies, dim=1)))
 
 
@@ -154,7 +155,7 @@ class SequentialMPExperts(nn.ModuleList):
     """The official form: experts evaluated one after another. Keys: experts.<i>.<official names>."""
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled, attn = zip(*(expert(x) for expert in self))
+        pooled, attn = zip(*(expert(x) for expert in self), strict=True)
         return torch.stack(pooled), torch.stack(attn)
 
 
@@ -198,7 +199,7 @@ class BatchedMPExperts(nn.Module):
         n, e, seg = h.shape[0], self.num_expert, self.hidden // SEGMENTS
         parts = h.view(n, e, SEGMENTS, seg).unbind(2)
         out = [parts[0]]
-        for part, dw, pw in zip(parts[1:], self.depthwise, self.pointwise):
+        for part, dw, pw in zip(parts[1:], self.depthwise, self.pointwise, strict=True):
             out.append(_from_grid(pw(dw(_to_grid(part.reshape(n, e * seg), side)))).view(n, e, seg))
         return F.hardswish(torch.stack(out, dim=2)).view(n, e, self.hidden)
 
@@ -265,11 +266,11 @@ def unpack_experts(batched: BatchedMPExperts) -> SequentialMPExperts:
     targets = [ex.state_dict() for ex in experts]
     for name, sources, mode in _PACKING:
         per_expert = state[name].chunk(e) if mode == "cat" else state[name].unbind(0)
-        for target, tensor in zip(targets, per_expert):
+        for target, tensor in zip(targets, per_expert, strict=True):
             sizes = [target[src].shape[0] for src in sources]
-            for src, piece in zip(sources, tensor.reshape(-1, *target[sources[0]].shape[1:]).split(sizes)):
+            for src, piece in zip(sources, tensor.reshape(-1, *target[sources[0]].shape[1:]).split(sizes), strict=True):
                 target[src] = piece.reshape(target[src].shape)
-    for ex, target in zip(experts, targets):
+    for ex, target in zip(experts, targets, strict=True):
         ex.load_state_dict(target)
     return experts
 
@@ -296,7 +297,7 @@ def _towers(tasks: int, dim: int, hidden: int) -> nn.ModuleList:
 
 
 def _run_towers(towers: nn.ModuleList, tower_in: torch.Tensor) -> torch.Tensor:
-    return torch.cat([tower(h) for tower, h in zip(towers, tower_in)])
+    return torch.cat([tower(h) for tower, h in zip(towers, tower_in, strict=True)])
 
 
 class M4(nn.Module):
@@ -394,50 +395,41 @@ class MMoE(nn.Module):
         self.towers = _towers(tasks, hidden, towers_hidden)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
-        pooled, attn = (torch.stack(t) for t in zip(*(expert.pool(x) for expert in self.specific_experts1)))
+        pooled, attn = (torch.stack(t) for t in zip(*(expert.pool(x) for expert in self.specific_experts1), strict=True))
         gates = torch.stack([gate(x.mean(dim=0)) for gate in self.gate1])  # [T, E]
         probs = _run_towers(self.towers, gates @ pooled)
         return (probs, gates @ attn) if return_attention else probs
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Registry (timm-style): build_model("m4", feat_input=1024, tasks=5)
-
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+# Registered builders: common.registry.create("m4.model", "m4", feat_input=1024, tasks=5)
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    def add(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _REGISTRY[name] = factory
-        return factory
-
-    return add
-
-
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def build_model(name: str, **kwargs) -> nn.Module:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown model '{name}'; available: {', '.join(list_models())}")
-    return _REGISTRY[name](**kwargs)
-
-
-@register_model("m4")
+@register("m4.model", "m4")
 def m4(feat_input: int = 2048, tasks: int = 10, num_expert: int = 5, hidden: int = 512, batched: bool = True) -> M4:
     return M4(feat_input, tasks, num_expert, hidden, batched=batched)
 
 
-@register_model("mmoe")
+@register("m4.model", "mmoe")
 def mmoe(feat_input: int = 2048, tasks: int = 10, num_expert: int = 5, hidden: int = 512) -> MMoE:
     return MMoE(feat_input, tasks, num_expert, hidden)
 
 
-@register_model("amil")
+@register("m4.model", "amil")
 def amil(feat_input: int = 2048, hidden: int = 512) -> ABMIL:
     return ABMIL(feat_input, hidden, attn_dim=256, n_out=1)
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+SINGLE_TASK = ("amil",)  # trained once per gene
+
+
+def model_kwargs(name: str, mil: MilConfig, feat_input: int, tasks: int) -> dict:
+    """Build arguments of a registered model from the `mil` section (the single-task ABMIL has no experts or tasks)."""
+    if name in SINGLE_TASK:
+        return {"feat_input": feat_input, "hidden": mil.hidden}
+    kwargs = {"feat_input": feat_input, "tasks": tasks, "num_expert": mil.num_expert, "hidden": mil.hidden}
+    return {**kwargs, "batched": mil.batched_experts} if name == "m4" else kwargs

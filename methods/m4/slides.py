@@ -103,7 +103,7 @@ def render_slide(
     """RGB uint8 [height, width, 3] of one synthetic H&E-like slide at `mpp` microns per pixel."""
     rng = np.random.default_rng(seed)
     scale = 0.5 / mpp  # sizes below are in pixels at 0.5 mpp
-    has = dict(zip(TRAITS, (bool(m) for m in mutations)))
+    has = dict(zip(TRAITS, (bool(m) for m in mutations), strict=False))
     shape = (height, width)
     classes = np.full(shape, BACKGROUND, np.uint8)
     if tissue:

@@ -11,7 +11,6 @@ level0_mpp, target_magnification, level0_magnification) and `target_patch_size`,
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,23 +18,10 @@ import h5py
 import numpy as np
 
 from common.errors import UserError
+from common.io import atomic_write
+from methods.m4.config import TileConfig
 
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
-
-
-@dataclass(frozen=True)
-class TileParams:
-    patch_size: int = 256  # pixels at the target resolution
-    target_mpp: float = 0.5  # used unless target_magnification is set
-    target_magnification: float | None = None  # e.g. 20; converted with mpp = 10 / magnification
-    overlap: int = 0  # pixels at the target resolution
-    min_tissue: float = 0.5  # fraction of a patch that must be tissue
-    seg_mpp: float = 8.0  # microns per pixel of the segmentation thumbnail (16x coarser than 0.5 mpp)
-    thumbnail_max: int = 4096  # cap on the thumbnail's longest side
-    min_saturation: float = 0.05  # floor on Otsu's threshold, so a blank slide does not split its noise in two
-    max_saturation: float = 0.15  # cap, so a slide with little glass is not split into stroma vs nuclei
-    min_hole_um2: float = 2500.0  # holes in tissue smaller than this are filled
-    min_speck_um2: float = 5000.0  # tissue specks smaller than this are dropped
 
 
 @dataclass(frozen=True)
@@ -83,40 +69,40 @@ def level0_mpp(slide, override: float | None = None) -> float:
         return float(props[openslide.PROPERTY_NAME_MPP_X])
     if openslide.PROPERTY_NAME_OBJECTIVE_POWER in props:
         return 10.0 / float(props[openslide.PROPERTY_NAME_OBJECTIVE_POWER])
-    raise UserError("slide has neither mpp nor objective power; set tile.slide_mpp")
+    raise UserError("slide has neither mpp nor objective power; set data.slide_mpp")
 
 
-def read_plan(slide, params: TileParams, mpp_override: float | None = None) -> ReadPlan:
+def read_plan(slide, cfg: TileConfig, mpp_override: float | None = None) -> ReadPlan:
     mpp0 = level0_mpp(slide, mpp_override)
-    target = 10.0 / params.target_magnification if params.target_magnification else params.target_mpp
+    target = 10.0 / cfg.target_magnification if cfg.target_magnification else cfg.target_mpp
     factor = target / mpp0  # level-0 pixels per target pixel
-    size0 = int(round(params.patch_size * factor))
-    step0 = int(round((params.patch_size - params.overlap) * factor))
+    size0 = int(round(cfg.patch_size * factor))
+    step0 = int(round((cfg.patch_size - cfg.overlap) * factor))
     if step0 <= 0:
-        raise UserError(f"tile.overlap ({params.overlap}) must be smaller than tile.patch_size ({params.patch_size})")
+        raise UserError(f"tile.overlap ({cfg.overlap}) must be smaller than tile.patch_size ({cfg.patch_size})")
     # The coarsest level that is still at least as fine as the target (2% slack for rounded downsamples).
     level = max((i for i, d in enumerate(slide.level_downsamples) if d <= factor * 1.02), default=0)
     read_size = int(round(size0 / slide.level_downsamples[level]))
     return ReadPlan(level, read_size, size0, step0, mpp0, target)
 
 
-def tissue_mask(slide, params: TileParams, mpp0: float) -> tuple[np.ndarray, float]:
+def tissue_mask(slide, cfg: TileConfig, mpp0: float) -> tuple[np.ndarray, float]:
     """Boolean tissue mask of a thumbnail and the thumbnail's level-0 pixels per mask pixel."""
     from skimage.color import rgb2hsv
     from skimage.filters import threshold_otsu
     from skimage.morphology import remove_small_holes, remove_small_objects
 
     w0, h0 = slide.dimensions
-    side = int(min(params.thumbnail_max, max(64, max(w0, h0) * mpp0 / params.seg_mpp)))
+    side = int(min(cfg.thumbnail_max, max(64, max(w0, h0) * mpp0 / cfg.seg_mpp)))
     thumb = np.asarray(slide.get_thumbnail((side, side)).convert("RGB"))
     scale = w0 / thumb.shape[1]  # level-0 px per thumbnail px
     saturation = rgb2hsv(thumb)[..., 1]
-    otsu = threshold_otsu(saturation) if np.ptp(saturation) > 0 else params.min_saturation
-    threshold = min(max(otsu, params.min_saturation), params.max_saturation)
+    otsu = threshold_otsu(saturation) if np.ptp(saturation) > 0 else cfg.min_saturation
+    threshold = min(max(otsu, cfg.min_saturation), cfg.max_saturation)
     mask = saturation > threshold
     um2_per_px = (scale * mpp0) ** 2
-    mask = remove_small_holes(mask, max_size=int(params.min_hole_um2 / um2_per_px))
-    mask = remove_small_objects(mask, max_size=int(params.min_speck_um2 / um2_per_px))
+    mask = remove_small_holes(mask, max_size=int(cfg.min_hole_um2 / um2_per_px))
+    mask = remove_small_objects(mask, max_size=int(cfg.min_speck_um2 / um2_per_px))
     return mask, scale
 
 
@@ -145,22 +131,30 @@ def tissue_grid(mask: np.ndarray, scale: float, dims0: tuple[int, int], plan: Re
     return np.stack([xs[keep_x], ys[keep_y]], axis=1).astype(np.int64)
 
 
-def tile_slide(path: Path, params: TileParams, mpp_override: float | None = None) -> TileResult:
+def tile_slide(path: Path, cfg: TileConfig, mpp_override: float | None = None) -> TileResult:
     import openslide
 
     with openslide.OpenSlide(str(path)) as slide:
-        plan = read_plan(slide, params, mpp_override)
-        mask, scale = tissue_mask(slide, params, plan.level0_mpp)
-        coords = tissue_grid(mask, scale, slide.dimensions, plan, params.min_tissue)
+        plan = read_plan(slide, cfg, mpp_override)
+        mask, scale = tissue_mask(slide, cfg, plan.level0_mpp)
+        coords = tissue_grid(mask, scale, slide.dimensions, plan, cfg.min_tissue)
     return TileResult(slide_id_of(path), coords, plan, float(mask.mean()))
 
 
+def tile_to_file(path: Path, out: Path, cfg: TileConfig, mpp_override: float | None = None) -> TileResult:
+    """tile_slide, then its coordinates written to `out`."""
+    import openslide
+
+    result = tile_slide(path, cfg, mpp_override)
+    with openslide.OpenSlide(str(path)) as slide:
+        write_coords(out, result, slide)
+    return result
+
+
 def write_coords(path: Path, result: TileResult, slide) -> None:
-    """CLAM-layout coordinates file, written under a temporary name and renamed when complete."""
+    """CLAM-layout coordinates file, complete or absent (written under a temporary name)."""
     plan = result.plan
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(tmp, "w") as f:
+    with atomic_write(path) as tmp, h5py.File(tmp, "w") as f:
         ds = f.create_dataset("coords", data=result.coords, dtype=np.int64, maxshape=(None, 2))
         level_dim = slide.level_dimensions[plan.level]
         ds.attrs.update(
@@ -181,7 +175,6 @@ def write_coords(path: Path, result: TileResult, slide) -> None:
             level0_width=slide.dimensions[0],
             level0_height=slide.dimensions[1],
         )
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)

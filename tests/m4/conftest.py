@@ -1,5 +1,5 @@
 """Shared fixtures for the M4 tests: tiny synthetic slides made once per session, a small random backbone, and
-helpers to compose the config and run the CLI."""
+helpers to tile in process and run the CLI."""
 from __future__ import annotations
 
 import os
@@ -11,45 +11,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from methods.m4.config import ExtractConfig, TileConfig
+
 REPO = Path(__file__).resolve().parents[2]
 
 # Small enough for a 2-core CPU: a 512 x 768 slide at 0.5 mpp holds 6 grid cells of 256 px.
 HEIGHT, WIDTH = 512, 768
 
 
-def compose_m4(*overrides: str):
-    """conf/m4.yaml composed with overrides and validated against the schema, as the CLI does it."""
-    from hydra import compose, initialize_config_dir
-
-    from common.cli import CONF_DIR, register_schema
-    from common.config import validate
-    from methods.m4.config import M4Config
-
-    register_schema("m4", M4Config)
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        return validate(compose(config_name="m4", overrides=list(overrides)), M4Config)
+# The synthetic demo's backbone (random ResNet-18, 512-d) at a small input size, in the main process.
+FAST = ExtractConfig(backbone="resnet18", weights="random", allow_random_weights=True, input_size=32, batch_size=4, num_workers=0)
 
 
 def cli_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
-def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "methods.m4", *args], cwd=REPO, env=cli_env(),
+def run_cli(*args: str, timeout: int = 600, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "methods.m4", *args], cwd=cwd, env=cli_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 
 def tile_into(slides: list[Path], patches_dir: Path, **params) -> dict[str, np.ndarray]:
     """Tile slides in-process into patches_dir/<slide>.h5; returns the coordinates per slide id."""
-    import openslide
-
-    from methods.m4.tiling import TileParams, slide_id_of, tile_slide, write_coords
+    from methods.m4.tiling import slide_id_of, tile_to_file
 
     out = {}
     for path in slides:
-        result = tile_slide(path, TileParams(**params))
-        with openslide.OpenSlide(str(path)) as slide:
-            write_coords(patches_dir / f"{slide_id_of(path)}.h5", result, slide)
+        result = tile_to_file(path, patches_dir / f"{slide_id_of(path)}.h5", TileConfig(**params))
         out[result.slide_id] = result.coords
     return out
 
@@ -93,7 +82,7 @@ def backbone():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return build_backbone("resnet18", "random", allow_random_weights=True)
+        return build_backbone(FAST)
 
 
 @pytest.fixture(scope="session")
@@ -110,6 +99,6 @@ def extracted(cohort, backbone, tmp_path_factory):
     coords = tile_into(slides, patches)
     jobs, outcomes = plan_jobs(slides, patches, features)
     assert outcomes == [] and len(jobs) == 3
-    outcomes = extract(jobs, backbone, features, input_size=32, batch_size=4, num_workers=0, progress=False)
+    outcomes = extract(jobs, backbone, features, FAST, progress=False)
     assert sorted(o.status for o in outcomes) == ["done"] * 3
     return slides, patches, features, coords

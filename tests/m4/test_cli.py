@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from common.config import compose
+from methods.m4.cohort import cohort_paths
 from methods.m4.slides import render_slide, write_pyramid_tiff
 from tests.m4.conftest import HEIGHT, WIDTH, run_cli
 from tests.m4.test_extract import corrupt_level0_tiles
@@ -26,33 +28,33 @@ def test_corrupt_and_blank_slides_are_reported_while_the_others_finish(cohort, t
     (mixed / "truncated.tiff").write_bytes(data[: len(data) // 2])  # a download cut in half
     corrupt_level0_tiles(good[0], mixed / "badtiles.tiff")  # opens and tiles, its level-0 tiles cannot be decoded
     write_pyramid_tiff(mixed / "blank.tiff", render_slide((0, 0, 0, 0), HEIGHT, WIDTH, seed=5, tissue=False))
-    work = tmp_path / "work"
-    common = [f"data.slides_dir={mixed}", f"data.work_dir={work}", "extract.input_size=32", "extract.num_workers=0"]
+    common = [f"data.slides_dir={mixed}", f"data.work_dir={tmp_path / 'work'}", "extract.input_size=32", "extract.num_workers=0"]
+    paths = cohort_paths(compose("m4", *common))
 
     proc = run_cli("tile", *common, f"hydra.run.dir={tmp_path / 'tile'}", timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.count("\n") == 1  # one line
-    assert proc.stderr.startswith("error: tile: 2 of 6 slides failed") and "garbage" in proc.stderr and "truncated" in proc.stderr
-    summary = {r["slide_id"]: r for r in json.loads((tmp_path / "tile" / "tile_summary.json").read_text())}
+    assert proc.stderr.startswith("error: tile: 2 of 6 items failed") and "garbage" in proc.stderr and "truncated" in proc.stderr
+    summary = {r["item"]: r for r in json.loads((tmp_path / "tile" / "tile_summary.json").read_text())}
     assert {k: v["status"] for k, v in summary.items()} == {
         good[0].stem: "done", good[1].stem: "done", "badtiles": "done", "blank": "empty", "garbage": "failed",
         "truncated": "failed"}
-    assert summary["blank"]["n_patches"] == 0
+    assert summary["blank"]["count"] == 0
     assert "blank: no tissue" in proc.stdout and "WARNING" in proc.stdout  # recorded with a warning, not a crash
     assert "tile: 3 done, 0 skipped, 1 empty, 2 failed" in proc.stdout
-    assert sorted(p.stem for p in (work / "patches").glob("*.h5")) == sorted([good[0].stem, good[1].stem, "badtiles", "blank"])
+    assert sorted(p.stem for p in paths.patches_dir.glob("*.h5")) == sorted([good[0].stem, good[1].stem, "badtiles", "blank"])
 
     proc = run_cli("extract", *common, f"hydra.run.dir={tmp_path / 'extract'}", timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]  # before it only the random-weights warning
-    assert last.startswith("error: extract: 3 of 6 slides failed") and "badtiles" in last and "garbage" in last
-    summary = {r["slide_id"]: r for r in json.loads((tmp_path / "extract" / "extract_summary.json").read_text())}
+    assert last.startswith("error: extract: 3 of 6 items failed") and "badtiles" in last and "garbage" in last
+    summary = {r["item"]: r for r in json.loads((tmp_path / "extract" / "extract_summary.json").read_text())}
     assert {k: v["status"] for k, v in summary.items()} == {
         good[0].stem: "done", good[1].stem: "done", "badtiles": "failed", "blank": "empty", "garbage": "failed",
         "truncated": "failed"}
     assert "run tile first" in summary["garbage"]["message"]
     assert "Error" in summary["badtiles"]["message"]
-    features = work / "features" / "resnet18_random_32px"
+    features = paths.features_dir
     assert sorted(p.stem for p in (features / "h5_files").glob("*.h5")) == sorted(p.stem for p in good)
     assert not list(features.rglob("*.tmp-*"))
 
@@ -78,7 +80,7 @@ def test_train_on_features_made_elsewhere_with_a_one_class_gene(tmp_path):
     features, labels, rows = _external_features(tmp_path)
     run = tmp_path / "run"
     proc = run_cli("train", f"data.features_dir={features}", f"data.labels_csv={labels}", "train.models=[m4,amil]",
-                   "train.n_splits=1", "trainer.epochs=1", "model.num_expert=2", "model.hidden=32",
+                   "train.n_splits=1", "trainer.epochs=1", "mil.num_expert=2", "mil.hidden=32",
                    f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "note: m4 split0: B: only class 0" in proc.stdout and "AUC undefined" in proc.stdout
@@ -118,7 +120,7 @@ def test_train_eval_heatmap_end_to_end(tmp_path):
     run = tmp_path / "train"
     proc = run_cli("train", *small, f"hydra.run.dir={run}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "per-gene test AUC" in proc.stdout
+    assert "per-gene test AUC" in proc.stdout and "| mean |" in proc.stdout
     metrics = json.loads((run / "results.json").read_text())["metrics"]
     genes = ["TP53", "PIK3CA", "CDH1", "GATA3"]
     for model in ("m4", "mmoe", "amil"):
@@ -129,8 +131,8 @@ def test_train_eval_heatmap_end_to_end(tmp_path):
         assert (run / model / "predictions_test.csv").is_file()
     assert metrics["m4/parameters"] > metrics["amil/parameters"]
     # Models saved per split (and per gene for the single-task ABMIL).
-    assert (run / "m4" / "split1" / "model.safetensors").is_file()
-    assert (run / "amil" / "split0" / "GATA3" / "model.json").is_file()
+    assert (run / "m4" / "split1" / "model" / "model.safetensors").is_file()
+    assert (run / "amil" / "split0" / "GATA3" / "model" / "model.json").is_file()
     splits = json.loads((run / "splits.json").read_text())
     assert len(splits) == 2 and splits[0]["test"] == splits[1]["test"]
 
@@ -145,3 +147,4 @@ def test_train_eval_heatmap_end_to_end(tmp_path):
     pngs = sorted((tmp_path / "heatmap").glob("*.png"))
     assert len(pngs) == 2 * len(genes)  # max_slides=2 test slides, one PNG per gene
     assert {p.name.rsplit("_", 1)[1] for p in pngs} == {f"{g}.png" for g in genes}
+

@@ -8,7 +8,7 @@ import pytest
 
 from common.errors import UserError
 from methods.m4 import data as m4data
-from methods.m4.metrics import binary_metrics, gene_table, summarize
+from methods.m4.metrics import auc_table, binary_metrics, gene_table, summarize
 from methods.m4.slides import cohort_specs, write_labels
 
 GENES = ["TP53", "PIK3CA", "CDH1", "GATA3"]
@@ -209,3 +209,14 @@ def test_gene_table_notes_and_summary_skip_nan():
     assert out["m4/test/B/auc_mean"] == pytest.approx(1.0)  # the NaN split is skipped
     # Mean over genes within each split (NaN skipped), then over splits: (1.0 + (0 + 1) / 2) / 2.
     assert out["m4/test/mean/auc_mean"] == pytest.approx(0.75)
+
+
+def test_auc_table_is_gene_by_model_with_a_mean_row():
+    metrics = {"m4/train_seconds": 3.0, "m4/test/A/auc_mean": 0.75, "m4/test/A/auc_std": 0.05, "m4/test/A/f1_mean": 0.5,
+               "m4/test/B/auc_mean": math.nan, "m4/test/B/auc_std": math.nan,
+               "m4/test/mean/auc_mean": 0.75, "m4/test/mean/auc_std": 0.05,
+               "amil/test/A/auc_mean": 0.6, "amil/test/A/auc_std": 0.1, "amil/test/mean/auc_mean": 0.6, "amil/test/mean/auc_std": 0.1}
+    lines = auc_table(metrics).splitlines()
+    assert lines[0] == "per-gene test AUC, mean ± std over splits"
+    assert lines[2:] == ["| gene | m4 | amil |", "|---|---|---|", "| A | 0.75 ± 0.05 | 0.6 ± 0.1 |", "| B |  |  |",
+                         "| mean | 0.75 ± 0.05 | 0.6 ± 0.1 |"]

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -16,14 +17,15 @@ import pytest
 import tifffile
 import torch
 
+from common.config import check, compose
 from common.errors import UserError
 from methods.m4 import extract as m4extract
+from methods.m4.cohort import cohort_paths
+from methods.m4.config import ExtractConfig, TileConfig
 from methods.m4.data import Labels, check_features
 from methods.m4.slides import _halve
-from methods.m4.tiling import TileParams, read_coords, tile_slide
-from tests.m4.conftest import REPO, cli_env, tile_into
-
-FAST = {"input_size": 32, "batch_size": 4, "num_workers": 0, "progress": False}
+from methods.m4.tiling import read_coords, tile_slide
+from tests.m4.conftest import FAST, REPO, cli_env, tile_into
 
 
 def leftovers(root: Path) -> list[Path]:
@@ -81,7 +83,7 @@ def test_features_made_elsewhere_load(tmp_path):
 def test_extraction_is_the_same_with_parallel_workers(extracted, backbone, tmp_path):
     slides, patches, features, _ = extracted
     jobs, _ = m4extract.plan_jobs(slides, patches, tmp_path / "f")
-    outcomes = m4extract.extract(jobs, backbone, tmp_path / "f", **{**FAST, "num_workers": 2, "batch_size": 3})
+    outcomes = m4extract.extract(jobs, backbone, tmp_path / "f", replace(FAST, num_workers=2, batch_size=3), progress=False)
     assert sorted(o.status for o in outcomes) == ["done"] * 3
     for p in slides:
         torch.testing.assert_close(m4extract.load_features(tmp_path / "f", p.stem),
@@ -110,19 +112,21 @@ def test_patches_are_read_from_the_right_level_of_a_40x_slide(slide40, tmp_path)
 
 def test_random_weights_need_the_explicit_flag():
     with pytest.raises(UserError, match="allow_random_weights"):
-        m4extract.build_backbone("resnet18", "random")
+        m4extract.build_backbone(ExtractConfig(backbone="resnet18", weights="random"))
     with pytest.warns(UserWarning, match="RANDOM weights"):
-        bb = m4extract.build_backbone("resnet18", "random", allow_random_weights=True)
+        bb = m4extract.build_backbone(ExtractConfig(backbone="resnet18", weights="random", allow_random_weights=True))
     assert bb.dim == 512
 
 
 def test_backbone_errors_are_one_line_user_errors(tmp_path):
     with pytest.raises(UserError, match="unknown timm model"):
-        m4extract.build_backbone("no_such_net_xyz", "random", allow_random_weights=True)
+        m4extract.build_backbone(ExtractConfig(backbone="no_such_net_xyz", weights="random", allow_random_weights=True))
     with pytest.raises(UserError, match="RetCCL"):
-        m4extract.build_backbone("retccl", "hub")
+        m4extract.build_backbone(ExtractConfig(backbone="retccl", weights="hub"))
     with pytest.raises(UserError, match="not found"):
-        m4extract.build_backbone("resnet18", str(tmp_path / "missing.pth"))
+        m4extract.build_backbone(ExtractConfig(backbone="resnet18", weights=str(tmp_path / "missing.pth")))
+    with pytest.raises(UserError, match="neither hub, random nor an existing file"):  # caught when the config is composed
+        check(ExtractConfig(weights=str(tmp_path / "missing.pth")))
 
 
 def test_truncated_backbone_and_local_weights(tmp_path):
@@ -134,12 +138,12 @@ def test_truncated_backbone_and_local_weights(tmp_path):
     state = {f"module.{k}": v for k, v in ref.state_dict().items()}
     state["fc.weight"] = torch.zeros(128, 512)  # a RetCCL-like head, ignored
     torch.save({"state_dict": state}, tmp_path / "w.pth")
-    bb = m4extract.build_backbone("resnet18", str(tmp_path / "w.pth"))
+    bb = m4extract.build_backbone(ExtractConfig(backbone="resnet18", weights=str(tmp_path / "w.pth")))
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(bb.model(x), ref.eval()(x))
     with pytest.warns(UserWarning):
-        trunc = m4extract.build_backbone("resnet18_trunc", "random", allow_random_weights=True)
+        trunc = m4extract.build_backbone(ExtractConfig(backbone="resnet18_trunc", weights="random", allow_random_weights=True))
     assert trunc.dim == 256
 
 
@@ -168,10 +172,10 @@ def test_resume_redoes_half_written_slides_and_skips_complete_ones(extracted, ba
 
     jobs, outcomes = m4extract.plan_jobs(slides, patches, features)
     assert sorted(j.slide_id for j in jobs) == sorted([half, started])
-    assert [(o.slide_id, o.status) for o in outcomes] == [(done, "skipped")]
+    assert [(o.item, o.status) for o in outcomes] == [(done, "skipped")]
     assert not leftovers(features)  # stale temporary files are cleared before the slide is redone
-    outcomes = m4extract.extract(jobs, backbone, features, **FAST)
-    assert sorted((o.slide_id, o.status) for o in outcomes) == sorted([(half, "done"), (started, "done")])
+    outcomes = m4extract.extract(jobs, backbone, features, FAST, progress=False)
+    assert sorted((o.item, o.status) for o in outcomes) == sorted([(half, "done"), (started, "done")])
     assert [p.stat().st_mtime_ns for p in complete] == stamps
     assert not leftovers(features)
     for p in slides:
@@ -199,40 +203,40 @@ def write_features(features_dir, job, features):
     if len(calls) == 1:
         return original(features_dir, job, features)
     h5_path, pt_path = ex.output_paths(features_dir, job.slide_id)
+    tmp = lambda p: p.with_name(f".{p.name}.tmp-{os.getpid()}")  # common.io.atomic_write's temporary name
     pt_path.parent.mkdir(parents=True, exist_ok=True)
     h5_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(torch.from_numpy(features), ex._tmp(pt_path))
-    os.replace(ex._tmp(pt_path), pt_path)
-    ex._tmp(h5_path).write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))  # the .h5 write has only begun
+    torch.save(torch.from_numpy(features), tmp(pt_path))
+    os.replace(tmp(pt_path), pt_path)
+    tmp(h5_path).write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))  # the .h5 write has only begun
     marker.write_text(f"{calls[0]} {job.slide_id}")
     time.sleep(600)  # killed here
 
 ex.write_features = write_features
 from common.cli import main
-from methods.m4.__main__ import COMMANDS
-from methods.m4.config import M4Config
-main("m4", COMMANDS, M4Config)
+from methods.m4.__main__ import METHOD
+main(METHOD)
 '''
 
 
 def test_extract_command_resumes_after_sigkill(cohort, tmp_path):
     """A real `extract` process is SIGKILLed mid-way; the rerun skips the finished slide and redoes the rest."""
     slides_dir, _ = cohort
-    work = tmp_path / "work"
+    sub = tmp_path / "slides"
+    sub.mkdir()
+    args = ["extract", f"data.slides_dir={sub}", f"data.work_dir={tmp_path / 'work'}", "extract.input_size=32",
+            "extract.num_workers=0", "extract.batch_size=4"]
+    paths = cohort_paths(compose("m4", *args[1:]))
+    features = paths.features_dir
     candidates = sorted(slides_dir.glob("*.tiff"))[:5]
-    coords = tile_into(candidates, work / "patches")
+    coords = tile_into(candidates, paths.patches_dir)
     slides = [p for p in candidates if len(coords[p.stem])]  # slides with tissue patches
     assert len(slides) >= 3
     for p in candidates:
         if p not in slides:
-            (work / "patches" / f"{p.stem}.h5").unlink()
-    sub = tmp_path / "slides"
-    sub.mkdir()
+            (paths.patches_dir / f"{p.stem}.h5").unlink()
     for p in slides:
         os.symlink(p, sub / p.name)
-    args = ["extract", f"data.slides_dir={sub}", f"data.work_dir={work}", "extract.input_size=32",
-            "extract.num_workers=0", "extract.batch_size=4"]
-    features = work / "features" / "resnet18_random_32px"
     wrapper = tmp_path / "killable.py"
     wrapper.write_text(KILL_WRAPPER)
     marker = tmp_path / "marker"
@@ -257,7 +261,7 @@ def test_extract_command_resumes_after_sigkill(cohort, tmp_path):
     done = subprocess.run([sys.executable, "-m", "methods.m4", *args, f"hydra.run.dir={tmp_path / 'run2'}"], cwd=REPO,
                           env=cli_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    summary = {r["slide_id"]: r["status"] for r in json.loads((tmp_path / "run2" / "extract_summary.json").read_text())}
+    summary = {r["item"]: r["status"] for r in json.loads((tmp_path / "run2" / "extract_summary.json").read_text())}
     assert summary[first] == "skipped"
     assert summary[second] == "done"
     assert sorted(summary.values()) == ["done"] * (len(slides) - 1) + ["skipped"]
@@ -266,7 +270,7 @@ def test_extract_command_resumes_after_sigkill(cohort, tmp_path):
     for p in slides:
         sid = p.stem
         with h5py.File(m4extract.output_paths(features, sid)[0], "r") as f:
-            assert f["features"].shape[0] == len(read_coords(work / "patches" / f"{sid}.h5").coords)
+            assert f["features"].shape[0] == len(read_coords(paths.patches_dir / f"{sid}.h5").coords)
             np.testing.assert_array_equal(f["features"][:], m4extract.load_features(features, sid).numpy())
 
 
@@ -280,7 +284,7 @@ def corrupt_level0_tiles(src: Path, dst: Path) -> None:
     data = bytearray(src.read_bytes())
     with tifffile.TiffFile(src) as tif:
         page = tif.pages[0]
-        spans = list(zip(page.dataoffsets, page.databytecounts))
+        spans = list(zip(page.dataoffsets, page.databytecounts, strict=True))
     rng = np.random.default_rng(0)
     for offset, count in spans:
         data[offset : offset + count] = rng.integers(0, 256, count, dtype=np.uint8).tobytes()
@@ -292,14 +296,14 @@ def test_unreadable_patches_fail_one_slide_and_the_others_finish(cohort, backbon
     good = sorted(slides_dir.glob("*.tiff"))[:2]
     bad = tmp_path / "bad.tiff"
     corrupt_level0_tiles(good[0], bad)
-    result = tile_slide(bad, TileParams())  # the thumbnail comes from an intact level
+    result = tile_slide(bad, TileConfig())  # the thumbnail comes from an intact level
     assert len(result.coords) > 0
     slides = [good[0], bad, good[1]]
     patches, features = tmp_path / "patches", tmp_path / "features"
     tile_into(slides, patches)
     jobs, outcomes = m4extract.plan_jobs(slides, patches, features)
     assert outcomes == [] and len(jobs) == 3
-    outcomes = {o.slide_id: o for o in m4extract.extract(jobs, backbone, features, **FAST)}
+    outcomes = {o.item: o for o in m4extract.extract(jobs, backbone, features, FAST, progress=False)}
     assert outcomes["bad"].status == "failed" and "Error" in outcomes["bad"].message
     assert outcomes[good[0].stem].status == "done" and outcomes[good[1].stem].status == "done"
     assert not any(p.exists() for p in m4extract.output_paths(features, "bad"))
@@ -322,7 +326,7 @@ def test_plan_jobs_reports_missing_coords_garbage_and_empty_slides(cohort, tmp_p
     tile_into([good], tmp_path / "other")
     shutil.copy(tmp_path / "other" / f"{good.stem}.h5", patches / "garbage.h5")  # coords exist, the slide is corrupt
     jobs, outcomes = m4extract.plan_jobs([good, garbage, blank, untiled], patches, tmp_path / "features")
-    status = {o.slide_id: (o.status, o.message) for o in outcomes}
+    status = {o.item: (o.status, o.message) for o in outcomes}
     assert [j.slide_id for j in jobs] == [good.stem]
     assert status["garbage"][0] == "failed" and "OpenSlide" in status["garbage"][1]
     assert status["blank"] == ("empty", "no tissue patches")
@@ -331,23 +335,25 @@ def test_plan_jobs_reports_missing_coords_garbage_and_empty_slides(cohort, tmp_p
 
 def test_shards_split_the_slides_and_together_cover_them(extracted, tmp_path):
     """`shard=i num_shards=n` (a Slurm array): disjoint slices of the slides whose union is the whole cohort."""
-    from methods.m4.commands import resolve_paths, run_extract
-    from tests.m4.conftest import compose_m4
+    from methods.m4 import commands
 
     slides, patches, _, _ = extracted
     sub = tmp_path / "slides"
     sub.mkdir()
     for p in slides:
         os.symlink(p, sub / p.name)
-    shutil.copytree(patches, tmp_path / "work" / "patches")
     seen = []
     for shard in (0, 1):
-        cfg = compose_m4(f"data.slides_dir={sub}", f"data.work_dir={tmp_path / 'work'}", "extract.input_size=32",
-                         "extract.num_workers=0", f"shard={shard}", "num_shards=2", "trainer.progress=false")
+        cfg = compose("m4", f"data.slides_dir={sub}", f"data.work_dir={tmp_path / 'work'}", "extract.input_size=32",
+                      "extract.num_workers=0", f"shard={shard}", "num_shards=2")
+        paths = cohort_paths(cfg)
+        if shard == 0:
+            shutil.copytree(patches, paths.patches_dir)
         with pytest.warns(UserWarning, match="RANDOM"):
-            outcomes = run_extract(cfg, resolve_paths(cfg, make_synthetic=False))
-        assert outcomes and all(o.status == "done" for o in outcomes)
-        seen.append({o.slide_id for o in outcomes})
+            metrics = commands.extract(cfg, tmp_path)
+        assert metrics["extract/done"] > 0 and metrics["extract/failed"] == 0
+        summary = json.loads((tmp_path / f"extract_summary.shard-0{shard}-of-02.json").read_text())
+        assert all(o["status"] == "done" for o in summary)
+        seen.append({o["item"] for o in summary})
     assert not (seen[0] & seen[1]) and seen[0] | seen[1] == {p.stem for p in slides}
-    features = resolve_paths(cfg, make_synthetic=False).features_dir
-    assert all(m4extract.is_done(features, p.stem) for p in slides)
+    assert all(m4extract.is_done(paths.features_dir, p.stem) for p in slides)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from methods.m4.heatmap import attention_heatmaps
-from methods.m4.model import build_model
+from methods.m4.model import m4 as build_m4
 
 COORDS = np.array([[0, 0], [512, 512], [1024, 0]], np.int64)  # level 0 of the 1536 x 1024 40x slide
 
@@ -28,7 +28,7 @@ def painted(slide40, tmp_path, attrs: dict) -> np.ndarray:
         f.create_dataset("features", data=np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32))
         f.create_dataset("coords", data=COORDS).attrs.update(attrs)
     torch.manual_seed(0)
-    model = build_model("m4", feat_input=16, tasks=2, num_expert=2, hidden=32)
+    model = build_m4(feat_input=16, tasks=2, num_expert=2, hidden=32)
     written = attention_heatmaps(model, ["A", "B"], ["s40"], slides_dir, features, out, thumbnail_size=384)
     assert [p.name for p in written] == ["s40_A.png", "s40_B.png"]
     heat = np.asarray(Image.open(written[0]).convert("RGB")).astype(int)

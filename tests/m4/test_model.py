@@ -7,10 +7,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from common.errors import UserError
+from common.registry import create, names
 from methods.m4 import model as m4model
 from methods.m4.model import (
-    M4, SEGMENTS, BatchedMPExperts, SequentialMPExperts, build_model, count_parameters, fold_padding, list_models,
-    pack_experts, square_pad, transfer_experts, unpack_experts,
+    M4,
+    SEGMENTS,
+    BatchedMPExperts,
+    SequentialMPExperts,
+    count_parameters,
+    fold_padding,
+    pack_experts,
+    square_pad,
+    transfer_experts,
+    unpack_experts,
 )
 
 SMALL = {"feat_input": 48, "tasks": 3, "num_expert": 2, "hidden": 32}  # hidden 32: 4 segments of 8 channels
@@ -28,9 +38,13 @@ def small(name: str, **kw) -> torch.nn.Module:
 # Parameter counts at the official default (2048-d input, 5 experts, 10 tasks, 512 hidden)
 
 
+def build_model(name: str, **kwargs) -> torch.nn.Module:
+    return create("m4.model", name, **kwargs)
+
+
 def test_registry_lists_the_three_models_and_rejects_others():
-    assert {"m4", "mmoe", "amil"} <= set(list_models())
-    with pytest.raises(KeyError, match="unknown model 'transmil'"):
+    assert {"m4", "mmoe", "amil"} <= set(names("m4.model"))
+    with pytest.raises(UserError, match="unknown m4.model 'transmil'"):
         build_model("transmil")
 
 
@@ -173,7 +187,7 @@ def _official_expert(ex: m4model.MPExpert, x: torch.Tensor) -> torch.Tensor:
     cur = ex.norm1(h).transpose(1, 2).reshape(1, c, side, side)  # Aggregator
     seg = list(torch.split(cur, c // 4, dim=1))
     out = [F.hardswish(seg[0])]
-    for agg, part in zip((ex.hierarchical.agg1, ex.hierarchical.agg2, ex.hierarchical.agg3), seg[1:]):
+    for agg, part in zip((ex.hierarchical.agg1, ex.hierarchical.agg2, ex.hierarchical.agg3), seg[1:], strict=True):
         out.append(F.hardswish(agg.pointwise_conv(agg.conv1(part))))
     h = h + torch.cat(out, dim=1).flatten(2).transpose(1, 2)
     h = h[0]
@@ -217,7 +231,7 @@ def test_mmoe_matches_the_official_forward():
             a = torch.softmax(net.attention_c(net.attention_a(h) * net.attention_b(h)).T, dim=1)
             pooled.append((a @ h)[0])
         pooled = torch.stack(pooled)
-        expected = torch.cat([tower(gate(x.mean(0)) @ pooled) for tower, gate in zip(model.towers, model.gate1)])
+        expected = torch.cat([tower(gate(x.mean(0)) @ pooled) for tower, gate in zip(model.towers, model.gate1, strict=True)])
         torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-12)
 
 
@@ -293,7 +307,7 @@ def test_batched_experts_have_the_same_gradients():
     # Pack the sequential experts' gradients like weights and compare with the batched gradients.
     grads = transfer_experts(seq, batched=False)
     with torch.no_grad():
-        for (name, p), (_, g) in zip(grads.experts.named_parameters(), seq.experts.named_parameters()):
+        for (_name, p), (_, g) in zip(grads.experts.named_parameters(), seq.experts.named_parameters(), strict=True):
             p.copy_(g.grad if g.grad is not None else torch.zeros_like(p))
     packed = pack_experts(grads.experts)
     for name, p in bat.experts.named_parameters():
@@ -310,17 +324,17 @@ def test_batched_experts_have_the_same_gradients():
 def test_saved_model_is_in_the_official_layout_and_loads_back(tmp_path):
     from safetensors.torch import load_file
 
-    from methods.m4.commands import ModelRun, load_model, save_model
     from methods.m4.data import Split
+    from methods.m4.train import ModelRun, load_model, save_model
 
     model = small("m4")
     kwargs = {**SMALL, "batched": True}
     run = ModelRun("m4", kwargs, [0, 1, 2], Split("split0", [0], [1], [2]), tmp_path / "m4")
-    save_model(model, run, ["A", "B", "C"], ["s2"])
-    keys = load_file(tmp_path / "m4" / "model.safetensors").keys()
+    saved = save_model(model, run, ["A", "B", "C"], ["s2"])
+    keys = load_file(saved / "model.safetensors").keys()
     assert "experts.0.fc.0.weight" in keys and "experts.1.hierarchical.agg3.pointwise_conv.weight" in keys
     assert "gate1_fc1.0.weight" in keys and "gate1_fc2.2.0.weight" in keys and "towers.2.fc2.bias" in keys
-    loaded, meta = load_model(tmp_path / "m4")
+    loaded, meta = load_model(saved)
     assert loaded.batched and meta["genes"] == ["A", "B", "C"] and meta["test_slides"] == ["s2"]
     x = torch.randn(12, SMALL["feat_input"])
     with torch.no_grad():

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 from types import SimpleNamespace
 
 import h5py
@@ -12,8 +11,9 @@ import pytest
 import tifffile
 
 from common.errors import UserError
+from methods.m4.config import TileConfig
 from methods.m4.slides import DEFAULT_GENES, _halve, cohort_specs, render_slide, write_pyramid_tiff
-from methods.m4.tiling import ReadPlan, TileParams, read_coords, read_plan, tile_slide, write_coords
+from methods.m4.tiling import ReadPlan, read_coords, read_plan, tile_slide, write_coords
 from tests.m4.conftest import HEIGHT, WIDTH
 
 GLASS = np.array([241, 240, 238])
@@ -99,13 +99,13 @@ def fake_slide(mpp: float | None, downsamples, power: str | None = None):
 @pytest.mark.parametrize(
     "mpp, downsamples, params, expected",
     [
-        (0.5, (1, 2, 4), TileParams(), ReadPlan(0, 256, 256, 256, 0.5, 0.5)),  # 20x slide at 20x
-        (0.25, (1, 2, 4), TileParams(), ReadPlan(1, 256, 512, 512, 0.25, 0.5)),  # 40x: read level 1
-        (0.25, (1, 2.0004, 4.0015), TileParams(), ReadPlan(1, 256, 512, 512, 0.25, 0.5)),  # rounded downsamples
-        (0.25, (1, 4, 16), TileParams(), ReadPlan(0, 512, 512, 512, 0.25, 0.5)),  # no 2x level: level 0, resize
-        (0.25, (1, 2, 4), TileParams(target_magnification=20), ReadPlan(1, 256, 512, 512, 0.25, 0.5)),
-        (0.25, (1, 2, 4), TileParams(target_mpp=1.0), ReadPlan(2, 256, 1024, 1024, 0.25, 1.0)),  # 10x
-        (0.25, (1, 2, 4), TileParams(overlap=64), ReadPlan(1, 256, 512, 384, 0.25, 0.5)),
+        (0.5, (1, 2, 4), TileConfig(), ReadPlan(0, 256, 256, 256, 0.5, 0.5)),  # 20x slide at 20x
+        (0.25, (1, 2, 4), TileConfig(), ReadPlan(1, 256, 512, 512, 0.25, 0.5)),  # 40x: read level 1
+        (0.25, (1, 2.0004, 4.0015), TileConfig(), ReadPlan(1, 256, 512, 512, 0.25, 0.5)),  # rounded downsamples
+        (0.25, (1, 4, 16), TileConfig(), ReadPlan(0, 512, 512, 512, 0.25, 0.5)),  # no 2x level: level 0, resize
+        (0.25, (1, 2, 4), TileConfig(target_magnification=20), ReadPlan(1, 256, 512, 512, 0.25, 0.5)),
+        (0.25, (1, 2, 4), TileConfig(target_mpp=1.0), ReadPlan(2, 256, 1024, 1024, 0.25, 1.0)),  # 10x
+        (0.25, (1, 2, 4), TileConfig(overlap=64), ReadPlan(1, 256, 512, 384, 0.25, 0.5)),
     ],
 )
 def test_read_plan(mpp, downsamples, params, expected):
@@ -113,12 +113,12 @@ def test_read_plan(mpp, downsamples, params, expected):
 
 
 def test_read_plan_from_objective_power_or_override():
-    assert read_plan(fake_slide(None, (1, 2, 4), power="40"), TileParams()).level == 1
-    assert read_plan(fake_slide(None, (1, 2, 4)), TileParams(), mpp_override=0.25).size_level0 == 512
+    assert read_plan(fake_slide(None, (1, 2, 4), power="40"), TileConfig()).level == 1
+    assert read_plan(fake_slide(None, (1, 2, 4)), TileConfig(), mpp_override=0.25).size_level0 == 512
     with pytest.raises(UserError, match="slide_mpp"):
-        read_plan(fake_slide(None, (1, 2, 4)), TileParams())
+        read_plan(fake_slide(None, (1, 2, 4)), TileConfig())
     with pytest.raises(UserError, match="overlap"):
-        read_plan(fake_slide(0.5, (1,)), TileParams(overlap=256))
+        read_plan(fake_slide(0.5, (1,)), TileConfig(overlap=256))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -127,7 +127,7 @@ def test_read_plan_from_objective_power_or_override():
 
 def test_tiling_at_20x_from_a_40x_level0(slide40):
     path, rgb = slide40
-    result = tile_slide(path, TileParams(patch_size=256, target_mpp=0.5))
+    result = tile_slide(path, TileConfig(patch_size=256, target_mpp=0.5))
     assert result.plan == ReadPlan(level=1, read_size=256, size_level0=512, step_level0=512, level0_mpp=0.25, target_mpp=0.5)
     coords = result.coords
     assert coords.dtype == np.int64 and coords.ndim == 2 and coords.shape[1] == 2 and len(coords) >= 2
@@ -143,12 +143,12 @@ def test_tiling_at_20x_from_a_40x_level0(slide40):
             elif frac > 0.9:
                 pytest.fail(f"cell {(x, y)} is {frac:.0%} tissue but was not kept")
     # The same grid whether asked as 20x or as 0.5 mpp.
-    np.testing.assert_array_equal(tile_slide(path, TileParams(target_magnification=20)).coords, coords)
+    np.testing.assert_array_equal(tile_slide(path, TileConfig(target_magnification=20)).coords, coords)
 
 
 def test_40x_coords_are_level0_when_read_at_level_1(slide40):
     path, rgb = slide40
-    result = tile_slide(path, TileParams())
+    result = tile_slide(path, TileConfig())
     half = _halve(rgb)
     with openslide.OpenSlide(str(path)) as s:
         for x, y in result.coords.tolist():
@@ -158,7 +158,7 @@ def test_40x_coords_are_level0_when_read_at_level_1(slide40):
 
 def test_clam_compatible_coords_file(slide40, tmp_path):
     path, _ = slide40
-    result = tile_slide(path, TileParams())
+    result = tile_slide(path, TileConfig())
     out = tmp_path / "patches" / "s40.h5"
     with openslide.OpenSlide(str(path)) as s:
         write_coords(out, result, s)
@@ -217,7 +217,7 @@ def test_aperio_40x_with_objective_power_only(slide40, tmp_path):
                       subfiletype=0 if i == 0 else 1)
             level = _halve(level)
     assert openslide.OpenSlide.detect_format(str(path)) == "aperio"
-    result = tile_slide(path, TileParams(target_magnification=20))
+    result = tile_slide(path, TileConfig(target_magnification=20))
     assert (result.plan.level, result.plan.read_size, result.plan.size_level0) == (1, 256, 512)
     assert result.plan.level0_mpp == pytest.approx(0.25)
     assert len(result.coords) > 0 and (result.coords % 512 == 0).all()
@@ -226,7 +226,7 @@ def test_aperio_40x_with_objective_power_only(slide40, tmp_path):
 def test_blank_slide_gives_zero_patches(tmp_path):
     path = tmp_path / "blank.tiff"
     write_pyramid_tiff(path, render_slide((0, 0, 0, 0), HEIGHT, WIDTH, seed=5, tissue=False))
-    result = tile_slide(path, TileParams())
+    result = tile_slide(path, TileConfig())
     assert result.coords.shape == (0, 2) and result.tissue_fraction == 0.0
     with openslide.OpenSlide(str(path)) as s:
         write_coords(tmp_path / "blank.h5", result, s)
@@ -238,7 +238,7 @@ def test_segmentation_agrees_with_the_rendered_tissue_on_every_cohort_slide(coho
     slides_dir, _ = cohort
     for spec in cohort_specs(8, DEFAULT_GENES, seed=3):
         truth = tissue_fraction(render_slide(spec.mutations, HEIGHT, WIDTH, spec.seed))
-        result = tile_slide(slides_dir / f"{spec.slide_id}.tiff", TileParams())
+        result = tile_slide(slides_dir / f"{spec.slide_id}.tiff", TileConfig())
         assert result.plan.level == 0 and result.plan.read_size == 256
         assert abs(result.tissue_fraction - truth) < 0.1, (spec.slide_id, truth, result.tissue_fraction)
         if truth > 0.5:
@@ -258,6 +258,6 @@ def test_slide_covered_by_tissue_keeps_every_patch(tmp_path):
     rgb += rng.normal(0, 4, (HEIGHT, WIDTH, 1))
     path = tmp_path / "full.tiff"
     write_pyramid_tiff(path, np.clip(rgb, 0, 255).astype(np.uint8))
-    result = tile_slide(path, TileParams())
+    result = tile_slide(path, TileConfig())
     assert result.tissue_fraction > 0.9
     assert len(result.coords) == (HEIGHT // 256) * (WIDTH // 256)
