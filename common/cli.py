@@ -67,10 +67,10 @@ def _usage(method: Method) -> str:
     return "\n".join(lines)
 
 
-def _leaves(node: Any, prefix: str) -> list[tuple[str, Any]]:
-    if isinstance(node, dict):
-        return [kv for k, v in node.items() for kv in _leaves(v, f"{prefix}.{k}" if prefix else str(k))]
-    return [(prefix, node)]
+def _value(node: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        node = node[part]
+    return node
 
 
 def command_help(method: Method, name: str, overrides: list[str], conf_dir: str = CONF_DIR) -> str:
@@ -80,7 +80,7 @@ def command_help(method: Method, name: str, overrides: list[str], conf_dir: str 
     lines += [f"reads:  {cmd.reads}"] * bool(cmd.reads) + [f"writes: {cmd.writes}"] * bool(cmd.writes)
     cfg = validate(compose_raw(method.name, method.schema, [*overrides, f"command={name}"], conf_dir), method.schema)
     docs = field_docs(method.schema)
-    values = dict(_leaves(as_dict(cfg), ""))
+    values = {k: _value(as_dict(cfg), k) for k in docs}
     keys = [k for k in docs if any(k == p or k.startswith(p + ".") for p in cmd.keys)]
     if keys:
         width = min(max(len(f"{k}={values[k]}") for k in keys), 48)

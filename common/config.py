@@ -31,16 +31,18 @@ def opt(
     ge: float | None = None,
     gt: float | None = None,
     le: float | None = None,
+    lt: float | None = None,
     choices: tuple[str, ...] | None = None,
     registry: str | None = None,
     exists: str | None = None,
     key: bool = True,
 ) -> Any:
-    """A schema field. `ge`/`gt`/`le` bound a number (each element of a list), `choices` or `registry` (a kind in
-    common.registry) restrict a string (or each element of a list), `exists` names a path kind that must exist.
+    """A schema field. `ge`/`gt`/`le`/`lt` bound a number (each element of a list), `choices` or `registry` (a kind in
+    common.registry) restrict a string (or each element of a list), `exists` names a path kind that must exist; with
+    both `choices` and `exists`, a value is one of the choices or else an existing path (`weights: hub | random | file`).
     `key=False` marks a setting that cannot change a stage's output (batch sizes, workers, progress bars), so
     `common.stages.key_of` leaves it out of cache keys."""
-    meta = dict(doc=doc, ge=ge, gt=gt, le=le, choices=choices, registry=registry, exists=exists, key=key)
+    meta = dict(doc=doc, ge=ge, gt=gt, le=le, lt=lt, choices=choices, registry=registry, exists=exists, key=key)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     if dataclasses.is_dataclass(default):
@@ -150,7 +152,9 @@ def _check_value(name: str, value: Any, meta: dict, paths: bool) -> None:
             _check_value(name, v, meta, paths)
         return
     doc = meta.get("doc", "")
-    for bound, ok, word in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"), ("le", lambda v, b: v <= b, "<=")):
+    bounds = (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
+              ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<"))
+    for bound, ok, word in bounds:
         b = meta.get(bound)
         if b is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value, b):
             raise UserError(f"config: {name}={value}: must be {word} {b} ({doc})")
@@ -161,9 +165,15 @@ def _check_value(name: str, value: Any, meta: dict, paths: bool) -> None:
         from common.registry import names
 
         valid = names(meta["registry"])
-    if valid is not None and value not in valid:
-        raise UserError(f"config: {name}='{value}': not one of {', '.join(valid)}")
     kind = meta.get("exists")
+    if valid is not None and value in valid:
+        return
+    if valid is not None and not kind:
+        raise UserError(f"config: {name}='{value}': not one of {', '.join(valid)}")
+    if valid is not None and not paths:
+        return
+    if valid is not None and not Path(str(value)).expanduser().exists():
+        raise UserError(f"config: {name}={value}: neither one of {', '.join(valid)} nor an existing path ({doc})")
     if paths and kind and value != "" and (kind == PATH or _looks_local(str(value))):
         if not Path(str(value)).expanduser().exists():
             raise UserError(f"config: {name}={value}: path does not exist ({doc})")

@@ -87,7 +87,8 @@ def test_shared_settings_are_checked_for_every_method(method, override):
 
 @pytest.mark.parametrize("cohort", sorted(p.stem for p in (REPO / "conf" / "m4" / "cohort").glob("*.yaml")))
 def test_tcga_cohorts_set_ten_genes(cohort):
-    cfg = compose("m4", f"+m4/cohort={cohort}", "+experiment=m4/official", paths=False)
+    cfg = compose("m4", f"+m4/cohort={cohort}", "+experiment=m4/official", "data.labels_csv=labels.csv",
+                  "data.features_dir=features", paths=False)
     assert cfg.data.cohort == cohort and len(cfg.data.genes) == len(set(cfg.data.genes)) == 10
     assert cfg.trainer.epochs == 32 and cfg.mil.num_expert == 5
 
@@ -99,3 +100,10 @@ def test_config_groups_mean_one_thing():
     for method in METHODS:
         model = getattr(method_spec(method).schema(), "model", None)
         assert model is None or isinstance(model, ModelConfig), method
+
+
+def test_a_cohort_without_its_files_is_named_before_any_work():
+    with pytest.raises(UserError, match=r"^config: cohort brca: set data.slides_dir"):
+        compose("m4", "+m4/cohort=brca")
+    with pytest.raises(UserError, match=r"^config: cohort brca: `train` needs data.labels_csv"):
+        compose("m4", "+m4/cohort=brca", "data.features_dir=feats", "command=train", paths=False)
