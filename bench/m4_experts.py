@@ -9,6 +9,7 @@ weight gradient), which both forms must do and which therefore bounds the possib
 Checks that both forms give the same outputs (probabilities and per-gene attention, eval mode) and prints the speedup
 (goal >= 1.5x). Usage: python bench/m4_experts.py [--instances 5000] [--repeats 4] [--threads 0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,11 +66,15 @@ def main() -> None:
         t_s.append(step_seconds(sequential, x, y))
         t_fc.append(fc_floor_seconds(x, batched.experts.fc.weight, batched.experts.fc.bias))
     b, s, fc = min(t_b), min(t_s), min(t_fc)
-    print(f"M4 training step (forward + BCE + backward), bag of {args.instances} x 2048, 5 experts x 512, 10 genes; "
-          f"{torch.get_num_threads()} threads; best of {args.repeats}")
+    print(
+        f"M4 training step (forward + BCE + backward), bag of {args.instances} x 2048, 5 experts x 512, 10 genes; "
+        f"{torch.get_num_threads()} threads; best of {args.repeats}"
+    )
     print(f"  one after another: {s:.3f} s   batched: {b:.3f} s")
-    print(f"  experts' first Linear alone (both forms must do it): {fc:.3f} s -> the rest: "
-          f"{s - fc:.3f} s one after another, {b - fc:.3f} s batched ({(s - fc) / max(b - fc, 1e-9):.2f}x)")
+    print(
+        f"  experts' first Linear alone (both forms must do it): {fc:.3f} s -> the rest: "
+        f"{s - fc:.3f} s one after another, {b - fc:.3f} s batched ({(s - fc) / max(b - fc, 1e-9):.2f}x)"
+    )
     print(f"  max |diff| probabilities {diff_p:.2e}, attention {diff_a:.2e}: {'same' if same else 'DIFFERENT'}")
     print(f"speedup batched / one-after-another = {s / b:.2f}x  (goal >= 1.5x)")
 

@@ -9,6 +9,7 @@ the readers, the speedup is bounded by that. Defaults follow conf/m4.yaml (resne
 Prints the speedup (goal >= 1.5x) and the max |difference| between the two feature matrices.
 Usage: python bench/m4_extract.py [--size 6144] [--backbone resnet18] [--input-size 112] [--workers 2] [--repeats 3] [--threads 0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,14 @@ def main() -> None:
     write_pyramid_tiff(path, render_slide((1, 0, 1, 0), args.size, args.size, seed=0), mpp=0.5)
     result = tile_slide(path, TileConfig(patch_size=256, target_mpp=0.5))
     job = SlideJob("slide", path, result.coords, result.plan.level, result.plan.read_size)
-    cfg = ExtractConfig(backbone=args.backbone, weights="random", allow_random_weights=True, input_size=args.input_size,
-                        batch_size=args.batch_size, num_workers=args.workers)
+    cfg = ExtractConfig(
+        backbone=args.backbone,
+        weights="random",
+        allow_random_weights=True,
+        input_size=args.input_size,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+    )
     backbone = build_backbone(cfg)
     clam_style(path, job, backbone, args.input_size, args.batch_size)  # warm-up (oneDNN primitives, page cache)
     t_seq, t_model, t_pipe = [], [], []
@@ -80,13 +87,19 @@ def main() -> None:
         t_pipe.append(time.perf_counter() - start)
     with h5py.File(output_paths(work / "features0", "slide")[0]) as f:
         diff = float(np.abs(f["features"][:] - reference).max())
-    print(f"{len(job.coords)} patches, {args.backbone} at {args.input_size} px, batch {args.batch_size}, "
-          f"{args.workers} loader workers, {torch.get_num_threads()} torch threads, best of {args.repeats}")
+    print(
+        f"{len(job.coords)} patches, {args.backbone} at {args.input_size} px, batch {args.batch_size}, "
+        f"{args.workers} loader workers, {torch.get_num_threads()} torch threads, best of {args.repeats}"
+    )
     seq, model = min(t_seq), min(t_model)
     read = seq - model
-    print(f"  CLAM-style sequential: {seq:.2f} s (reading {read:.2f} s, backbone {model:.2f} s; overlap bound "
-          f"{seq / max(read, model):.2f}x)   extract: {min(t_pipe):.2f} s")
-    print(f"speedup extract / sequential = {min(t_seq) / min(t_pipe):.2f}x  (goal >= 1.5x); max |feature diff| = {diff:.2e}")
+    print(
+        f"  CLAM-style sequential: {seq:.2f} s (reading {read:.2f} s, backbone {model:.2f} s; overlap bound "
+        f"{seq / max(read, model):.2f}x)   extract: {min(t_pipe):.2f} s"
+    )
+    print(
+        f"speedup extract / sequential = {min(t_seq) / min(t_pipe):.2f}x  (goal >= 1.5x); max |feature diff| = {diff:.2e}"
+    )
 
 
 if __name__ == "__main__":

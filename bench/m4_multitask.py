@@ -10,6 +10,7 @@ gives about 0.7 on 2 CPU cores; < 1 means the single M4 run is cheaper). With --
 kept (the machine is noisy) and the order alternates.
 Usage: python bench/m4_multitask.py [--bags 60] [--val-bags 8] [--instances 500] [--epochs 2] [--repeats 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,9 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     work = Path(tempfile.mkdtemp())
-    cfg = compose("m4", f"trainer.epochs={args.epochs}", "trainer.progress=false", "logger.kind=none", f"cache_dir={work}")
+    cfg = compose(
+        "m4", f"trainer.epochs={args.epochs}", "trainer.progress=false", "logger.kind=none", f"cache_dir={work}"
+    )
     threads = args.threads or cfg.train.cpu_threads or torch.get_num_threads()
     torch.set_num_threads(threads)  # as the train command does before training
 
@@ -70,6 +73,7 @@ def main() -> None:
     all_cols = list(range(args.genes))
     t_m4: list[float] = []
     t_gene: list[list[float]] = [[] for _ in all_cols]
+
     def m4(r: int) -> None:
         t_m4.append(run_seconds("m4", all_cols, f"m4_{r}"))
 
@@ -78,13 +82,17 @@ def main() -> None:
             t_gene[c].append(run_seconds("amil", [c], f"amil_{r}_{c}"))
 
     for r in range(args.repeats):
-        for step in ((m4, singles) if r % 2 == 0 else (singles, m4)):  # alternate the order: the machine is noisy
+        for step in (m4, singles) if r % 2 == 0 else (singles, m4):  # alternate the order: the machine is noisy
             step(r)
     m4_best, single_best = min(t_m4), sum(min(t) for t in t_gene)
-    print(f"{args.bags} training + {args.val_bags} validation bags of ~{args.instances} x 2048, {args.genes} genes, "
-          f"{args.epochs} epochs, {threads} thread(s), best of {args.repeats}")
-    print(f"  M4, one run for all genes: {m4_best:.1f} s   {args.genes} single-task ABMIL runs: {single_best:.1f} s "
-          f"({single_best / args.genes:.1f} s each)")
+    print(
+        f"{args.bags} training + {args.val_bags} validation bags of ~{args.instances} x 2048, {args.genes} genes, "
+        f"{args.epochs} epochs, {threads} thread(s), best of {args.repeats}"
+    )
+    print(
+        f"  M4, one run for all genes: {m4_best:.1f} s   {args.genes} single-task ABMIL runs: {single_best:.1f} s "
+        f"({single_best / args.genes:.1f} s each)"
+    )
     print(f"wall-time ratio M4 / single-task runs = {m4_best / single_best:.2f}  (official code's shape: about 0.7)")
 
 

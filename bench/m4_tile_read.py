@@ -13,6 +13,7 @@ Patches are kept at their read size (no resize) so the same pixels are read in a
 ratios against raw (goal: the pipeline keeps >= 0.8 of the raw rate per worker).
 Usage: python bench/m4_tile_read.py [--size 6144] [--repeats 4] [--passes 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,10 @@ def main() -> None:
         start = time.perf_counter()
         tiled = tile_slide(path, params)
         t_tile = time.perf_counter() - start
-        dataset = PatchDataset([SlideJob("slide", path, tiled.coords, tiled.plan.level, tiled.plan.read_size)],
-                               out_size=tiled.plan.read_size)
+        dataset = PatchDataset(
+            [SlideJob("slide", path, tiled.coords, tiled.plan.level, tiled.plan.read_size)],
+            out_size=tiled.plan.read_size,
+        )
         for k in range(len(dataset)):
             dataset[k]
         return time.perf_counter() - start, t_tile
@@ -76,15 +79,23 @@ def main() -> None:
         t_loader.append(loader())
     n = len(coords)
     raw_rate, pipe_rate, loader_rate = n / min(t_raw), n / min(t_pipe), n * args.passes / min(t_loader)
-    print(f"{args.size} x {args.size} slide, {n} tissue patches of {plan.read_size} px at level {plan.level}; "
-          f"best of {args.repeats}")
+    print(
+        f"{args.size} x {args.size} slide, {n} tissue patches of {plan.read_size} px at level {plan.level}; "
+        f"best of {args.repeats}"
+    )
     print(f"  raw OpenSlide read_region + RGB: {raw_rate:6.0f} patches/s ({min(t_raw):.3f} s)")
-    print(f"  tile + PatchDataset, in process: {pipe_rate:6.0f} patches/s ({min(t_pipe):.3f} s, "
-          f"of which tiling {min(t_tile):.3f} s)")
-    print(f"  PatchDataset via DataLoader, 1 worker: {loader_rate:6.0f} patches/s ({min(t_loader):.3f} s for "
-          f"{args.passes} passes)")
-    print(f"ratio tile + read / raw = {pipe_rate / raw_rate:.2f}; DataLoader (1 worker) / raw = "
-          f"{loader_rate / raw_rate:.2f}  (goal >= 0.8 per worker)")
+    print(
+        f"  tile + PatchDataset, in process: {pipe_rate:6.0f} patches/s ({min(t_pipe):.3f} s, "
+        f"of which tiling {min(t_tile):.3f} s)"
+    )
+    print(
+        f"  PatchDataset via DataLoader, 1 worker: {loader_rate:6.0f} patches/s ({min(t_loader):.3f} s for "
+        f"{args.passes} passes)"
+    )
+    print(
+        f"ratio tile + read / raw = {pipe_rate / raw_rate:.2f}; DataLoader (1 worker) / raw = "
+        f"{loader_rate / raw_rate:.2f}  (goal >= 0.8 per worker)"
+    )
 
 
 if __name__ == "__main__":

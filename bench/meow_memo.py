@@ -4,6 +4,7 @@
 
 Checks that both forms give the same scores (per answer within 0.01, mean within 0.001) and prints the speed ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,15 +47,23 @@ def main(argv: list[str]) -> int:
     print(f"  simple (one window at a time): {t_simple:8.2f} s")
     print(f"  batched (batch {cfg.memo.batch_size}):           {t_batched:8.2f} s")
     print(f"  speed-up: {t_simple / t_batched:.1f}x (goal >= 8x)")
-    print(f"  max per-answer |diff| {worst:.4f} (<= 0.01), mean |diff| {mean_gap:.5f} (<= 0.001): {'same' if same else 'DIFFERENT'}")
+    print(
+        f"  max per-answer |diff| {worst:.4f} (<= 0.01), mean |diff| {mean_gap:.5f} (<= 0.001): {'same' if same else 'DIFFERENT'}"
+    )
 
     splits = pipeline.eval_splits(cfg, source)
     timings = {}
     logs = {}
     for bs in (1, args.batch_size):
         t0 = time.perf_counter()
-        logs[bs] = tofu_eval.evaluate(model, tok, splits, replace(cfg.eval, batch_size=bs), family=cfg.model.family,
-                                      max_length=cfg.data.max_length)
+        logs[bs] = tofu_eval.evaluate(
+            model,
+            tok,
+            splits,
+            replace(cfg.eval, batch_size=bs),
+            family=cfg.model.family,
+            max_length=cfg.data.max_length,
+        )
         timings[bs] = time.perf_counter() - t0
     a, b = (tofu_eval.aggregate(logs[bs], None) for bs in (1, args.batch_size))
     eval_gap = max(abs(a[k] - b[k]) for k in a)

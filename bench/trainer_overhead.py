@@ -3,6 +3,7 @@
 Prints the wall-time ratio (goal <= 1.05) and the achieved FLOP/s of a training step against a matmul peak measured
 on this machine. Usage: python bench/trainer_overhead.py [--steps 40]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,7 +65,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     cache = Path(tempfile.mkdtemp())
-    cfg = TrainerConfig(max_steps=args.steps, batch_size=8, lr=1e-3, progress=False, save_every=10**9, mixed_precision="no")
+    cfg = TrainerConfig(
+        max_steps=args.steps, batch_size=8, lr=1e-3, progress=False, save_every=10**9, mixed_precision="no"
+    )
     _, tok = load_causal_lm(ModelConfig(name_or_path="tiny-llama"), cache)
     g = torch.Generator().manual_seed(0)
     data = [torch.randint(5, len(tok), (128,), generator=g) for _ in range(8 * args.steps)]
@@ -85,8 +88,10 @@ def main() -> None:
     print(f"bare loop     : {t_bare:.3f} s for {args.steps} steps")
     print(f"common.trainer: {t_ours:.3f} s for {args.steps} steps (includes Accelerator setup)")
     print(f"overhead ratio trainer/bare = {t_ours / t_bare:.3f}  (goal <= 1.05)")
-    print(f"training step: {flops / 1e9:.2f} GFLOP; achieved {achieved / 1e9:.2f} GFLOP/s; "
-          f"matmul peak {peak / 1e9:.2f} GFLOP/s; ratio = {achieved / peak:.3f}")
+    print(
+        f"training step: {flops / 1e9:.2f} GFLOP; achieved {achieved / 1e9:.2f} GFLOP/s; "
+        f"matmul peak {peak / 1e9:.2f} GFLOP/s; ratio = {achieved / peak:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Module checkpoints: a model's weights (safetensors) with the registry name and build arguments that make it
 (model.json), so `load_module` rebuilds it without the config that trained it."""
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,9 @@ def without_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_module(module: torch.nn.Module, path: str | Path, kind: str, name: str, kwargs: dict[str, Any], **meta: Any) -> Path:
+def save_module(
+    module: torch.nn.Module, path: str | Path, kind: str, name: str, kwargs: dict[str, Any], **meta: Any
+) -> Path:
     """Write `path/model.safetensors` and `path/model.json` ({kind, name, kwargs, **meta}) as one atomic directory."""
     from safetensors.torch import save_file
 

@@ -4,6 +4,7 @@ The dispatcher picks the command, composes conf/<method>.yaml with Hydra (so swe
 Hydra users expect), validates the result against the method's schema, seeds, runs the command and writes
 results.json + summary.md into the run dir. Bad input ends as one line on stderr and exit code 2.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,8 +63,11 @@ def _usage(method: Method) -> str:
     width = max(len(name) for name in method.commands)
     lines = [f"usage: python -m methods.{method.name} <command> [hydra overrides]", "", "commands:"]
     lines += [f"  {name:<{width}}  {cmd.help}" for name, cmd in method.commands.items()]
-    lines += ["", f"`<command> --help`: what a command reads, writes and which keys it uses; config: conf/{method.name}.yaml",
-              "overrides: key=value, +experiment=<preset>, -m for a sweep; Hydra's own help: --hydra-help"]
+    lines += [
+        "",
+        f"`<command> --help`: what a command reads, writes and which keys it uses; config: conf/{method.name}.yaml",
+        "overrides: key=value, +experiment=<preset>, -m for a sweep; Hydra's own help: --hydra-help",
+    ]
     return "\n".join(lines)
 
 
@@ -138,7 +142,9 @@ def launch_stamp() -> str:
     started = time.time()
     if "LOCAL_RANK" in os.environ and Path(f"/proc/{os.getppid()}/stat").is_file():
         ticks = int(Path(f"/proc/{os.getppid()}/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+        boot = next(
+            int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
+        )
         started = boot + ticks / os.sysconf("SC_CLK_TCK")
     return time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(started))
 

@@ -6,6 +6,7 @@ declared constraint (ranges, choices, registered names, paths that must exist) a
 object, which is what commands and domain functions receive. A bad setting is one `UserError` line, raised before
 anything is written.
 """
+
 from __future__ import annotations
 
 import copy
@@ -71,7 +72,9 @@ class TrainerConfig:
     warmup_steps: int = opt(0, "linear warm-up steps", ge=0)
     warmup_epochs: float = opt(0.0, "warm-up in epochs (converted to steps; the larger of the two wins)", ge=0)
     max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 disables clipping", ge=0)
-    mixed_precision: str = opt("auto", "auto: bf16 on a GPU that supports it, else fp32", choices=("auto", "no", "bf16", "fp16"))
+    mixed_precision: str = opt(
+        "auto", "auto: bf16 on a GPU that supports it, else fp32", choices=("auto", "no", "bf16", "fp16")
+    )
     eval_every: int = opt(0, "evaluate every N steps; 0 = at the end of every epoch", ge=0)
     save_every: int = opt(0, "checkpoint every N steps; 0 = at the end of every epoch", ge=0, key=False)
     best_metric: Optional[str] = opt(None, "keep the checkpoint best on this evaluated metric")
@@ -87,10 +90,14 @@ class TrainerConfig:
 class LoggerConfig:
     """Where training metrics go."""
 
-    kind: str = opt("csv", "csv (metrics.csv in the run dir), wandb or none", choices=("csv", "wandb", "none"), key=False)
+    kind: str = opt(
+        "csv", "csv (metrics.csv in the run dir), wandb or none", choices=("csv", "wandb", "none"), key=False
+    )
     project: str = opt("paper-methods", "wandb project", key=False)
     entity: Optional[str] = opt(None, "wandb entity", key=False)
-    mode: str = opt("offline", "wandb stays offline unless set online", choices=("offline", "online", "disabled"), key=False)
+    mode: str = opt(
+        "offline", "wandb stays offline unless set online", choices=("offline", "online", "disabled"), key=False
+    )
 
 
 @dataclass
@@ -109,7 +116,9 @@ class ModelConfig:
 
     name_or_path: str = opt("tiny-llama", "hub id, local dir, or tiny-llama / tiny-phi (built offline)", exists=MODEL)
     family: str = opt("llama2", "prompt template", choices=("llama2", "phi", "chat"))
-    dtype: str = opt("auto", "weights dtype (auto: bf16 on GPU, else fp32)", choices=("auto", "float32", "bfloat16", "float16"))
+    dtype: str = opt(
+        "auto", "weights dtype (auto: bf16 on GPU, else fp32)", choices=("auto", "float32", "bfloat16", "float16")
+    )
     revision: Optional[str] = opt(None, "hub revision")
     trust_remote_code: bool = opt(False, "run the checkpoint's own code (explicit opt-in only)")
     device_map: Optional[str] = opt(None, "transformers device_map (e.g. auto)", key=False)
@@ -128,7 +137,9 @@ class BaseConfig:
     num_shards: int = opt(1, "shards a per-item command is split into", ge=1, key=False)
     trainer: TrainerConfig = section(TrainerConfig, "the shared trainer")
     logger: LoggerConfig = section(LoggerConfig, "metric logging")
-    paper: Dict[str, Any] = opt({}, "the paper's numbers (metric -> value), shown beside ours by common.report", key=False)
+    paper: Dict[str, Any] = opt(
+        {}, "the paper's numbers (metric -> value), shown beside ours by common.report", key=False
+    )
 
     def check(self) -> None:
         if self.shard >= self.num_shards:
@@ -152,8 +163,12 @@ def _check_value(name: str, value: Any, meta: dict, paths: bool) -> None:
             _check_value(name, v, meta, paths)
         return
     doc = meta.get("doc", "")
-    bounds = (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
-              ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<"))
+    bounds = (
+        ("ge", lambda v, b: v >= b, ">="),
+        ("gt", lambda v, b: v > b, ">"),
+        ("le", lambda v, b: v <= b, "<="),
+        ("lt", lambda v, b: v < b, "<"),
+    )
     for bound, ok, word in bounds:
         b = meta.get(bound)
         if b is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value, b):

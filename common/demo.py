@@ -3,6 +3,7 @@ paper's shape (the full listings stay in each run's results.json and summary.md)
 
 `python -m common.demo [method ...]`; with no names, every package in methods/ that has a __main__.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,12 @@ def run(method: str) -> tuple[int, float, Path]:
     print(f"== {method}: python -m methods.{method} {spec.main_job}   (log: {log.relative_to(REPO)})", flush=True)
     start = time.perf_counter()
     with log.open("w") as f:
-        proc = subprocess.run([sys.executable, "-m", f"methods.{method}", spec.main_job, f"hydra.run.dir={OUT / method}"],
-                              cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run(
+            [sys.executable, "-m", f"methods.{method}", spec.main_job, f"hydra.run.dir={OUT / method}"],
+            cwd=REPO,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
     if proc.returncode != 0:
         print("".join(log.read_text().splitlines(keepends=True)[-15:]), end="")
     return proc.returncode, time.perf_counter() - start, OUT / method
@@ -42,7 +47,10 @@ def main(argv: list[str]) -> int:
     methods = argv or available_methods()
     unknown = set(methods) - set(available_methods())
     if unknown:
-        print(f"error: unknown method(s) {', '.join(sorted(unknown))}; available: {', '.join(available_methods())}", file=sys.stderr)
+        print(
+            f"error: unknown method(s) {', '.join(sorted(unknown))}; available: {', '.join(available_methods())}",
+            file=sys.stderr,
+        )
         return 2
     rows, tables = [], []
     for method in methods:

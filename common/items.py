@@ -7,6 +7,7 @@ is written). Items whose output already exists are `skipped`, so a killed run re
 Long jobs split over a cluster with `shard=i num_shards=n` (a Hydra multirun `-m shard=0,1,2,3 num_shards=4`): each
 job takes a contiguous slice; `shard_then_merge` joins JSON outputs once every shard has written its part.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,12 @@ def reason(e: BaseException) -> str:
     return first if isinstance(e, UserError) else f"{type(e).__name__}: {first}".rstrip(": ")
 
 
-def run_each(items: Sequence[T], item_id: Callable[[T], str], work: Callable[[T], Outcome],
-             done: Callable[[T], bool] | None = None) -> list[Outcome]:
+def run_each(
+    items: Sequence[T],
+    item_id: Callable[[T], str],
+    work: Callable[[T], Outcome],
+    done: Callable[[T], bool] | None = None,
+) -> list[Outcome]:
     """work(item) for every item not `done`; an exception is that item's failure, never the run's."""
     outcomes = []
     for item in items:
@@ -59,7 +64,9 @@ def run_each(items: Sequence[T], item_id: Callable[[T], str], work: Callable[[T]
     return outcomes
 
 
-def summarize(outcomes: list[Outcome], run_dir: Path, name: str, shard: int = 0, num_shards: int = 1) -> dict[str, float]:
+def summarize(
+    outcomes: list[Outcome], run_dir: Path, name: str, shard: int = 0, num_shards: int = 1
+) -> dict[str, float]:
     """Write `<name>_summary.json` (per shard), print the counts and the failures; raise ItemsFailed if any failed."""
     summary = shard_path(run_dir / f"{name}_summary.json", shard, num_shards)
     write_json(summary, [asdict(o) for o in outcomes])
@@ -72,7 +79,9 @@ def summarize(outcomes: list[Outcome], run_dir: Path, name: str, shard: int = 0,
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         listed = "; ".join(f"{o.item} ({o.message})" for o in failed)
-        raise ItemsFailed(f"{name}: {len(failed)} of {len(outcomes)} items failed: {listed[:500]} (details: {summary})", metrics)
+        raise ItemsFailed(
+            f"{name}: {len(failed)} of {len(outcomes)} items failed: {listed[:500]} (details: {summary})", metrics
+        )
     return metrics
 
 
@@ -114,8 +123,9 @@ def merge_shards(path: str | Path, num_shards: int) -> list:
     return merged
 
 
-def shard_then_merge(final: Path, items: Sequence[Any], shard: int, num_shards: int,
-                     compute: Callable[[list], list]) -> list | None:
+def shard_then_merge(
+    final: Path, items: Sequence[Any], shard: int, num_shards: int, compute: Callable[[list], list]
+) -> list | None:
     """compute(this shard's items) -> its JSON part; the shard that completes the set merges them into `final`.
 
     Returns the merged list, or None while other shards are still missing."""

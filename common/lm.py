@@ -3,6 +3,7 @@
 Conventions follow TOFU (and so MEOW): the prompt is the family's question template, the answer follows it directly,
 prompt tokens are masked out of the loss with -100, and EOS closes the answer so the model learns where to stop.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -81,7 +82,11 @@ def sequence_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, t
 
 @torch.no_grad()
 def generate_greedy(
-    model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 200, batch_size: int = 32,
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int = 200,
+    batch_size: int = 32,
     add_special_tokens: bool = True,
 ) -> list[str]:
     """Greedy continuations of raw prompt strings (special tokens stripped), in the prompts' order.
@@ -104,9 +109,16 @@ def generate_greedy(
             ids[row, width - n :] = torch.tensor(encoded[i])
             mask[row, width - n :] = 1
         gen = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-            do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-            temperature=None, top_p=None, top_k=None,
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+            temperature=None,
+            top_p=None,
+            top_k=None,
         )
         texts = tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
         for row, i in enumerate(chunk):

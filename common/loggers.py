@@ -1,4 +1,5 @@
 """Metric loggers: csv (default), wandb (offline unless the user turns it online), none."""
+
 from __future__ import annotations
 
 import csv

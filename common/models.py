@@ -4,6 +4,7 @@ Real checkpoints (a hub name or a local directory) and the tiny offline models g
 `from_pretrained` path: a tiny model is built from config once, saved with `save_pretrained` into the cache, and then
 loaded like any checkpoint. So the tests exercise the loading code that a 7B run uses.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,17 @@ from common.errors import UserError
 
 # Shapes of the tiny offline models: big enough to memorise a few hundred short QA pairs on a CPU in a minute or two.
 TINY_MODELS: dict[str, dict[str, Any]] = {
-    "tiny-llama": dict(arch="llama", hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4, vocab_size=2048),
-    "tiny-phi": dict(arch="phi", hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4, vocab_size=2048),
+    "tiny-llama": dict(
+        arch="llama",
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        vocab_size=2048,
+    ),
+    "tiny-phi": dict(
+        arch="phi", hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4, vocab_size=2048
+    ),
 }
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
 
@@ -59,12 +69,16 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(corpus, trainer=trainer)
     # Causal LMs expect a BOS at the start, as the Llama and Phi tokenizers add one.
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
 
 
@@ -87,7 +101,9 @@ def tiny_model_path(name: str, cache_dir: str | Path, corpus: Iterable[str] | No
     tokenizer = train_tokenizer(texts, spec["vocab_size"])
     arch = spec.pop("arch")
     spec["vocab_size"] = len(tokenizer)
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     config_cls = {"llama": LlamaConfig, "phi": PhiConfig}[arch]
     config = config_cls(max_position_embeddings=512, tie_word_embeddings=False, **ids, **spec)
     torch.manual_seed(0)
@@ -106,7 +122,9 @@ def tiny_model_path(name: str, cache_dir: str | Path, corpus: Iterable[str] | No
     return path
 
 
-def resolve_model_path(cfg: ModelConfig | DictConfig, cache_dir: str | Path, corpus: Iterable[str] | None = None) -> str:
+def resolve_model_path(
+    cfg: ModelConfig | DictConfig, cache_dir: str | Path, corpus: Iterable[str] | None = None
+) -> str:
     name = _as_model_config(cfg).name_or_path
     return str(tiny_model_path(name, cache_dir, corpus)) if name in TINY_MODELS else name
 
@@ -133,7 +151,9 @@ def load_model(
     looks_local = name.startswith(("/", ".", "~")) or Path(name).exists()
     if looks_local and not Path(name).expanduser().is_dir():
         raise UserError(f"model path '{name}' does not exist")
-    kwargs: dict[str, Any] = dict(dtype=_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
+    kwargs: dict[str, Any] = dict(
+        dtype=_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code, revision=cfg.revision
+    )
     if cfg.device_map:
         kwargs["device_map"] = cfg.device_map
     if num_labels is not None:
@@ -158,7 +178,12 @@ def load_model(
     return model, tokenizer
 
 
-def load_causal_lm(cfg: ModelConfig | DictConfig | dict, cache_dir: str | Path = ".cache", path: str | Path | None = None, corpus: Iterable[str] | None = None):
+def load_causal_lm(
+    cfg: ModelConfig | DictConfig | dict,
+    cache_dir: str | Path = ".cache",
+    path: str | Path | None = None,
+    corpus: Iterable[str] | None = None,
+):
     return load_model(cfg, cache_dir, path=path, head="causal-lm", corpus=corpus)
 
 
@@ -169,9 +194,13 @@ def attach_lora(model: torch.nn.Module, cfg: ModelConfig | DictConfig | dict) ->
         return model
     from peft import LoraConfig, TaskType, get_peft_model
 
-    targets: str | list[str] = "all-linear" if list(lora.target_modules) == ["all-linear"] else list(lora.target_modules)
+    targets: str | list[str] = (
+        "all-linear" if list(lora.target_modules) == ["all-linear"] else list(lora.target_modules)
+    )
     task = TaskType.SEQ_CLS if "ForSequenceClassification" in type(model).__name__ else TaskType.CAUSAL_LM
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type=task)
+    config = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type=task
+    )
     return get_peft_model(model, config)
 
 

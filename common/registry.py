@@ -9,6 +9,7 @@ encoders, inverters, later quantizers and scorers.
 A kind is a dotted name, by convention `<method>.<what>`; a schema field with `registry="<kind>"` accepts only the
 names registered under it, and the error lists them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

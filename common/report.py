@@ -5,6 +5,7 @@ differ by those), else by its path. Metrics named `<group>/<metric>` (e.g. `meow
 their group, which is how a single run that compares several models reads best. Where a run's config records the
 paper's numbers (`paper: {metric: value}`), they stand beside ours as `<metric> (paper)`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,9 @@ def find_runs(paths: list[Path]) -> list[Path]:
     for p in paths:
         if not p.exists():
             raise UserError(f"{p}: no such directory")
-        runs += sorted(f.parent for f in ([p / "results.json"] if (p / "results.json").is_file() else p.rglob("results.json")))
+        runs += sorted(
+            f.parent for f in ([p / "results.json"] if (p / "results.json").is_file() else p.rglob("results.json"))
+        )
     if not runs:
         raise UserError(f"no results.json under {', '.join(map(str, paths))}")
     return runs

@@ -1,4 +1,5 @@
 """results.json and summary.md: what every command leaves in its run dir."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -42,6 +43,8 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 def write_results(run_dir: Path, title: str, metrics: dict[str, float], config: dict) -> str:
     """Write results.json (flat metrics, resolved config, package versions) and summary.md; return the summary."""
     write_json(run_dir / "results.json", {"metrics": metrics, "config": config, "versions": package_versions()})
-    summary = f"# {title}\n\n" + (markdown_table(["metric", "value"], [[k, v] for k, v in metrics.items()]) if metrics else "(no metrics)")
+    summary = f"# {title}\n\n" + (
+        markdown_table(["metric", "value"], [[k, v] for k, v in metrics.items()]) if metrics else "(no metrics)"
+    )
     (run_dir / "summary.md").write_text(summary + "\n", encoding="utf-8")
     return summary

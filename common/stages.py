@@ -8,6 +8,7 @@ A stage whose output exists is skipped; otherwise its output is written under a 
 gives another key, so a stale output is never reused. Settings declared with `key=False` in a schema (batch sizes,
 workers, progress bars) are left out of keys.
 """
+
 from __future__ import annotations
 
 import contextlib

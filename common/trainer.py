@@ -9,6 +9,7 @@ would have seen. The trainer shards batches over processes itself: one optimizer
 `batch_size * grad_accum * num_processes` examples, split rank by rank, so N processes with batch_size b take the same
 steps as one process with batch_size N*b.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -99,7 +100,9 @@ def _load_weights(model: torch.nn.Module, path: Path) -> None:
     missing, unexpected = model.load_state_dict(load_file(path), strict=False)
     tied = {k for k, v in model.state_dict().items()} - set(without_shared(model.state_dict()))
     if unexpected or set(missing) - tied:
-        raise UserError(f"{path}: weights do not fit the model (missing {sorted(set(missing) - tied)[:5]}, unexpected {unexpected[:5]})")
+        raise UserError(
+            f"{path}: weights do not fit the model (missing {sorted(set(missing) - tied)[:5]}, unexpected {unexpected[:5]})"
+        )
 
 
 def _rng_state() -> dict[str, Any]:
@@ -128,7 +131,9 @@ def _as_config(cfg: TrainerConfig | DictConfig | dict) -> TrainerConfig:
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
-def fit(task: Task, cfg: TrainerConfig | DictConfig | dict, out_dir: str | Path, logger: Logger | None = None) -> FitResult:
+def fit(
+    task: Task, cfg: TrainerConfig | DictConfig | dict, out_dir: str | Path, logger: Logger | None = None
+) -> FitResult:
     """Train task.model; checkpoints and metrics go under out_dir. Resumes from out_dir/checkpoints/last if present."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
@@ -174,7 +179,10 @@ def fit(task: Task, cfg: TrainerConfig | DictConfig | dict, out_dir: str | Path,
     # Built on the raw optimizer and stepped once per optimizer step by us (accelerate's wrapper would step it
     # once per process).
     scheduler = get_scheduler(
-        cfg.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
+        cfg.scheduler,
+        optimizer,
+        num_warmup_steps=warmup,
+        num_training_steps=total_steps,
         scheduler_specific_kwargs=dict(cfg.scheduler_kwargs) or None,
     )
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -231,7 +239,9 @@ def fit(task: Task, cfg: TrainerConfig | DictConfig | dict, out_dir: str | Path,
             accelerator.wait_for_everyone()
 
     model.train()
-    progress = tqdm(total=total_steps, initial=state["step"], disable=not (cfg.progress and accelerator.is_main_process))
+    progress = tqdm(
+        total=total_steps, initial=state["step"], disable=not (cfg.progress and accelerator.is_main_process)
+    )
     running: float | None = None
     for step in range(state["step"], total_steps):
         indices = batches_for_step(n, step, steps_per_epoch, global_batch, cfg.seed)
@@ -239,15 +249,22 @@ def fit(task: Task, cfg: TrainerConfig | DictConfig | dict, out_dir: str | Path,
         logs: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
             start = (micro * world + rank) * cfg.batch_size
-            batch = _to_device(task.collate([task.train_data[i] for i in indices[start : start + cfg.batch_size]]), accelerator.device)
+            batch = _to_device(
+                task.collate([task.train_data[i] for i in indices[start : start + cfg.batch_size]]), accelerator.device
+            )
             sync = micro == cfg.grad_accum - 1
-            with (accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext()), accelerator.autocast():
+            with (
+                accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext(),
+                accelerator.autocast(),
+            ):
                 loss, logs = task.loss(model, batch)
             if not torch.isfinite(loss.detach()):
                 step_loss[1] = 1  # still run backward: under DDP every rank must reach the same all-reduce
             accelerator.backward(loss / cfg.grad_accum)
             step_loss[0] += loss.detach().float() / cfg.grad_accum
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+        grad_norm = (
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+        )
         if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)):
             step_loss[1] = 1
         step_loss = accelerator.reduce(step_loss, reduction="sum")
@@ -264,7 +281,14 @@ def fit(task: Task, cfg: TrainerConfig | DictConfig | dict, out_dir: str | Path,
         progress.update(1)
         progress.set_postfix(loss=f"{running:.4f}")
         if done % cfg.log_every == 0 or done == total_steps:
-            logger.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0], **{f"train/{k}": v for k, v in logs.items()}}, done)
+            logger.log(
+                {
+                    "train/loss": mean_loss,
+                    "train/lr": scheduler.get_last_lr()[0],
+                    **{f"train/{k}": v for k, v in logs.items()},
+                },
+                done,
+            )
         end_of_epoch = done % steps_per_epoch == 0 or done == total_steps
         if done == total_steps or (done % cfg.eval_every == 0 if cfg.eval_every > 0 else end_of_epoch):
             run_eval(done)

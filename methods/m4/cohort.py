@@ -6,6 +6,7 @@ data.slide_mpp, and features under `<work>/features/<backbone>-<key>/`, keyed by
 that change features, so changing a setting never reuses stale coordinates or features. Within those dirs a slide is
 done when its files exist, so a killed run resumes where it stopped.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,7 +49,11 @@ def cohort_paths(cfg: M4Config, make_synthetic: bool = True) -> Paths:
         if make_synthetic:
             from methods.m4.slides import make_cohort
 
-            run_stage("synthetic cohort", root, lambda tmp: make_cohort(tmp, s.n_patients, s.genes, s.height, s.width, seed=s.seed))
+            run_stage(
+                "synthetic cohort",
+                root,
+                lambda tmp: make_cohort(tmp, s.n_patients, s.genes, s.height, s.width, seed=s.seed),
+            )
         slides, labels, work = root / "slides", root / "labels.csv", Path(d.work_dir or root)
     else:
         slides = Path(d.slides_dir) if d.slides_dir else None
@@ -56,7 +61,9 @@ def cohort_paths(cfg: M4Config, make_synthetic: bool = True) -> Paths:
         work = Path(d.work_dir) if d.work_dir else Path(d.features_dir).parent
     patches = stage_path(work, "patches", cfg.tile, d.slide_mpp)
     label = cfg.extract.backbone.replace("/", "_")  # hub ids such as hf-hub:org/name
-    features = Path(d.features_dir) if d.features_dir else stage_path(work, "features", patches.name, cfg.extract, label=label)
+    features = (
+        Path(d.features_dir) if d.features_dir else stage_path(work, "features", patches.name, cfg.extract, label=label)
+    )
     return Paths(slides, labels, patches, features)
 
 
@@ -81,8 +88,10 @@ def extract_slides(cfg: M4Config, paths: Paths, slides: list[Path]) -> list[Outc
     jobs, outcomes = plan_jobs(slides, paths.patches_dir, paths.features_dir)
     if jobs:
         backbone = build_backbone(cfg.extract)
-        print(f"extract: {len(jobs)} slides, {sum(len(j.coords) for j in jobs)} patches, {cfg.extract.backbone} "
-              f"({backbone.dim}-d) -> {paths.features_dir}")
+        print(
+            f"extract: {len(jobs)} slides, {sum(len(j.coords) for j in jobs)} patches, {cfg.extract.backbone} "
+            f"({backbone.dim}-d) -> {paths.features_dir}"
+        )
         outcomes += extract(jobs, backbone, paths.features_dir, cfg.extract, progress=cfg.trainer.progress)
     return outcomes
 
@@ -96,7 +105,9 @@ def labels_with_features(cfg: M4Config, paths: Paths) -> tuple[m4data.Labels, in
     coords = {s: paths.patches_dir / f"{s}.h5" for s in labels.slide_ids}
     empty = {s for s, f in coords.items() if f.is_file() and len(read_coords(f).coords) == 0}
     if empty:
-        log.warning("%d labelled slides have no tissue patches and are left out: %s", len(empty), ", ".join(sorted(empty)[:10]))
+        log.warning(
+            "%d labelled slides have no tissue patches and are left out: %s", len(empty), ", ".join(sorted(empty)[:10])
+        )
         labels = m4data.without_slides(labels, empty)
     m4data.check_features(labels, paths.features_dir)
     return labels, load_features(paths.features_dir, labels.slide_ids[0]).shape[1]

@@ -3,6 +3,7 @@
 With no data configured every command works on the synthetic cohort (methods/m4/cohort.py); `train` then runs the
 whole pipeline: cohort, tiling, extraction, M4 and the baselines.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,9 @@ def tile(cfg: M4Config, run_dir: Path) -> dict[str, float]:
 
 def extract(cfg: M4Config, run_dir: Path) -> dict[str, float]:
     paths = cohort.cohort_paths(cfg)
-    return summarize(cohort.extract_slides(cfg, paths, _shard(cfg, paths)), run_dir, "extract", cfg.shard, cfg.num_shards)
+    return summarize(
+        cohort.extract_slides(cfg, paths, _shard(cfg, paths)), run_dir, "extract", cfg.shard, cfg.num_shards
+    )
 
 
 def train(cfg: M4Config, run_dir: Path) -> dict[str, float]:
@@ -47,8 +50,10 @@ def train(cfg: M4Config, run_dir: Path) -> dict[str, float]:
     if cfg.train.cpu_threads and not torch.cuda.is_available():
         torch.set_num_threads(cfg.train.cpu_threads)  # after extraction, which does use every core
     splits = make_splits(labels, cfg.train)
-    print(f"train: {len(labels.slide_ids)} slides, {len(set(labels.case_ids))} patients, genes {', '.join(labels.genes)}, "
-          f"{feat_dim}-d features, {len(splits)} splits ({cfg.train.protocol})")
+    print(
+        f"train: {len(labels.slide_ids)} slides, {len(set(labels.case_ids))} patients, genes {', '.join(labels.genes)}, "
+        f"{feat_dim}-d features, {len(splits)} splits ({cfg.train.protocol})"
+    )
     write_json(run_dir / "splits.json", split_records(labels, splits))
     scored, trained = m4train.train_models(cfg, labels, splits, paths.features_dir, feat_dim, run_dir)
     return {**metrics, **trained, **m4train.collect(scored, labels, cfg.train.threshold, run_dir)}
@@ -88,6 +93,8 @@ def heatmap(cfg: M4Config, run_dir: Path) -> dict[str, float]:
     model, meta = m4train.load_model(model_dir)
     paths = cohort.cohort_paths(cfg, make_synthetic=False)
     slides = list(h.slides) or splits[h.split]["test"][: h.max_slides]
-    written = attention_heatmaps(model, meta["genes"], slides, paths.slides(), paths.features_dir, run_dir, h.thumbnail_size)
+    written = attention_heatmaps(
+        model, meta["genes"], slides, paths.slides(), paths.features_dir, run_dir, h.thumbnail_size
+    )
     print(f"heatmap: {len(written)} PNGs in {run_dir}")
     return {"heatmap/pngs": float(len(written))}

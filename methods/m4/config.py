@@ -2,6 +2,7 @@
 scripts/M4-main.sh); conf/m4.yaml holds only the embedded synthetic demo's deviations, conf/experiment/m4/ the
 presets, conf/m4/cohort/ the TCGA cohorts (`+m4/cohort=brca`). Tiling, extraction and the models receive these
 sections as they are."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,11 +17,17 @@ SEGMENTS = 4  # M4's proxy segments (methods/m4/model.py): the hidden width must
 @dataclass
 class DataConfig:
     cohort: str = opt("synthetic", "a name for reports; +m4/cohort=<name> sets the paper's genes", key=False)
-    slides_dir: Optional[str] = opt(None, "directory of the slides; null (and features_dir null): the synthetic cohort", exists=PATH)
+    slides_dir: Optional[str] = opt(
+        None, "directory of the slides; null (and features_dir null): the synthetic cohort", exists=PATH
+    )
     labels_csv: Optional[str] = opt(None, "labels: case_id, slide_id, <gene columns of 0/1>", exists=PATH)
     genes: List[str] = opt([], "gene columns to predict; empty: every column after case_id, slide_id")
-    work_dir: Optional[str] = opt(None, "where patches/<key>/ and features/<backbone>-<key>/ go; null: beside the synthetic cohort")
-    features_dir: Optional[str] = opt(None, "h5_files/ + pt_files/ made elsewhere (CLAM, TRIDENT), used as they are", exists=PATH)
+    work_dir: Optional[str] = opt(
+        None, "where patches/<key>/ and features/<backbone>-<key>/ go; null: beside the synthetic cohort"
+    )
+    features_dir: Optional[str] = opt(
+        None, "h5_files/ + pt_files/ made elsewhere (CLAM, TRIDENT), used as they are", exists=PATH
+    )
     slide_mpp: Optional[float] = opt(None, "microns per level-0 pixel, for slides that lack it", gt=0)
 
     def check(self) -> None:
@@ -30,7 +37,9 @@ class DataConfig:
 
 @dataclass
 class SyntheticConfig:
-    n_patients: int = opt(96, "patients (some with two slides); ~20 test patients: fewer make per-gene AUCs swing", ge=5)
+    n_patients: int = opt(
+        96, "patients (some with two slides); ~20 test patients: fewer make per-gene AUCs swing", ge=5
+    )
     genes: List[str] = opt(["TP53", "PIK3CA", "CDH1", "GATA3"], "genes, one visible texture trait each (at most 6)")
     height: int = opt(1024, "slide height in level-0 pixels at 0.5 mpp", ge=256)
     width: int = opt(1536, "slide width in level-0 pixels at 0.5 mpp", ge=256)
@@ -47,21 +56,33 @@ class TileConfig:
     seg_mpp: float = opt(8.0, "microns per pixel of the segmentation thumbnail", gt=0)
     thumbnail_max: int = opt(4096, "cap on the segmentation thumbnail's longest side", ge=64)
     min_saturation: float = opt(0.05, "floor on Otsu's saturation threshold (a blank slide keeps no noise)", ge=0, le=1)
-    max_saturation: float = opt(0.15, "cap on Otsu's threshold (a slide with little glass is not split in two)", ge=0, le=1)
+    max_saturation: float = opt(
+        0.15, "cap on Otsu's threshold (a slide with little glass is not split in two)", ge=0, le=1
+    )
     min_hole_um2: float = opt(2500.0, "holes in tissue smaller than this (square microns) are filled", ge=0)
     min_speck_um2: float = opt(5000.0, "tissue specks smaller than this (square microns) are dropped", ge=0)
 
     def check(self) -> None:
         if self.overlap >= self.patch_size:
-            raise UserError(f"config: tile.overlap={self.overlap} must be smaller than tile.patch_size={self.patch_size}")
+            raise UserError(
+                f"config: tile.overlap={self.overlap} must be smaller than tile.patch_size={self.patch_size}"
+            )
 
 
 @dataclass
 class ExtractConfig:
-    backbone: str = opt("retccl", "retccl (ResNet-50, 2048-d, as the paper), any timm name, or <timm name>_trunc (stage 3)")
-    weights: str = opt("hub", "hub (timm's pretrained weights), random, or a local .pth/.pt/.safetensors file",
-                       choices=("hub", "random"), exists=PATH)
-    allow_random_weights: bool = opt(False, "let weights=random run (meaningless features: tests and the demo only)", key=False)
+    backbone: str = opt(
+        "retccl", "retccl (ResNet-50, 2048-d, as the paper), any timm name, or <timm name>_trunc (stage 3)"
+    )
+    weights: str = opt(
+        "hub",
+        "hub (timm's pretrained weights), random, or a local .pth/.pt/.safetensors file",
+        choices=("hub", "random"),
+        exists=PATH,
+    )
+    allow_random_weights: bool = opt(
+        False, "let weights=random run (meaningless features: tests and the demo only)", key=False
+    )
     input_size: int = opt(256, "side the patches are resized to before the backbone", ge=16)
     batch_size: int = opt(64, "patches per backbone pass", ge=1, key=False)
     num_workers: int = opt(2, "DataLoader workers reading patches", ge=0, key=False)
@@ -82,8 +103,11 @@ class MilConfig:
 @dataclass
 class TrainConfig:
     models: List[str] = opt(["m4", "mmoe", "amil"], "models to train (amil: once per gene)", registry="m4.model")
-    protocol: str = opt("official", "official: fixed test set + repeated train/val splits; kfold: stratified patient folds",
-                        choices=("official", "kfold"))
+    protocol: str = opt(
+        "official",
+        "official: fixed test set + repeated train/val splits; kfold: stratified patient folds",
+        choices=("official", "kfold"),
+    )
     n_splits: int = opt(5, "train/val splits (official) or folds (kfold)", ge=1)
     test_size: float = opt(0.2, "official: fraction of patients held out for testing", gt=0, lt=1)
     val_size: float = opt(0.2, "fraction of the remaining patients used for validation", gt=0, lt=1)
@@ -94,7 +118,9 @@ class TrainConfig:
     save_checkpoints: bool = opt(True, "per-epoch checkpoints for resume; the best weights are always kept", key=False)
     # Bags of a few dozen patches make ops so small that 2 OpenMP threads spend more time synchronising than
     # computing (measured: M4 step 31 ms with 1 thread vs 420 ms with 2 on a loaded 2-core VM).
-    cpu_threads: Optional[int] = opt(None, "CPU intra-op threads while training; null: torch's default", ge=1, key=False)
+    cpu_threads: Optional[int] = opt(
+        None, "CPU intra-op threads while training; null: torch's default", ge=1, key=False
+    )
 
     def check(self) -> None:
         if self.protocol == "kfold" and self.n_splits < 2:
@@ -121,8 +147,17 @@ class M4Config(BaseConfig):
     # The official schedule: BCE per gene summed, Adam lr 1e-4 wd 4e-5, cosine to 0.1x over 32 epochs, one slide per
     # step, no gradient clipping.
     trainer: TrainerConfig = section(
-        TrainerConfig, "the shared trainer", epochs=32.0, batch_size=1, lr=1e-4, weight_decay=4e-5, optimizer="adam",
-        scheduler="cosine_with_min_lr", scheduler_kwargs={"min_lr_rate": 0.1}, max_grad_norm=0.0)
+        TrainerConfig,
+        "the shared trainer",
+        epochs=32.0,
+        batch_size=1,
+        lr=1e-4,
+        weight_decay=4e-5,
+        optimizer="adam",
+        scheduler="cosine_with_min_lr",
+        scheduler_kwargs={"min_lr_rate": 0.1},
+        max_grad_norm=0.0,
+    )
     data: DataConfig = section(DataConfig, "the cohort: slides, labels, where patches and features go")
     synthetic: SyntheticConfig = section(SyntheticConfig, "the synthetic cohort used when no data is given")
     tile: TileConfig = section(TileConfig, "tissue segmentation and the patch grid")

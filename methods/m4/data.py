@@ -8,6 +8,7 @@ made over patients, so all slides of a patient fall on the same side:
   official code calls "5-fold");
 * kfold: stratified patient-level k-fold, each fold in turn the test set, validation drawn from the rest.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -96,7 +97,9 @@ def _patients(labels: Labels) -> list[str]:
     return list(dict.fromkeys(labels.case_ids))  # first-appearance order, as pandas unique() in the official code
 
 
-def official_splits(labels: Labels, n_splits: int = 5, test_size: float = 0.2, val_size: float = 0.2, seed: int = 42) -> list[Split]:
+def official_splits(
+    labels: Labels, n_splits: int = 5, test_size: float = 0.2, val_size: float = 0.2, seed: int = 42
+) -> list[Split]:
     from sklearn.model_selection import train_test_split
 
     patients = _patients(labels)
@@ -110,7 +113,9 @@ def official_splits(labels: Labels, n_splits: int = 5, test_size: float = 0.2, v
     return splits
 
 
-def kfold_splits(labels: Labels, k: int = 5, val_size: float = 0.2, seed: int = 42, stratify_gene: str | None = None) -> list[Split]:
+def kfold_splits(
+    labels: Labels, k: int = 5, val_size: float = 0.2, seed: int = 42, stratify_gene: str | None = None
+) -> list[Split]:
     """Stratified patient-level k-fold. Patients are stratified on one gene (default: the rarest, the one most at risk
     of a one-class fold); a patient's label is the max over their slides."""
     from sklearn.model_selection import StratifiedKFold, train_test_split
@@ -135,9 +140,12 @@ def kfold_splits(labels: Labels, k: int = 5, val_size: float = 0.2, seed: int = 
         rest = strata[rest_idx]
         # A small cohort may leave too few patients to stratify the validation part too; split it plainly then.
         can_stratify = np.ceil(val_size * len(rest)) >= 2 and np.bincount(rest, minlength=2).min() >= 2
-        train, val = train_test_split(list(arr[rest_idx]), test_size=val_size, random_state=i,
-                                      stratify=rest if can_stratify else None)
-        splits.append(Split(f"fold{i}", _rows(labels, set(train)), _rows(labels, set(val)), _rows(labels, set(arr[test_idx]))))
+        train, val = train_test_split(
+            list(arr[rest_idx]), test_size=val_size, random_state=i, stratify=rest if can_stratify else None
+        )
+        splits.append(
+            Split(f"fold{i}", _rows(labels, set(train)), _rows(labels, set(val)), _rows(labels, set(arr[test_idx])))
+        )
     return splits
 
 
@@ -149,14 +157,23 @@ def make_splits(labels: Labels, cfg: TrainConfig) -> list[Split]:
 
 def split_records(labels: Labels, splits: list[Split]) -> list[dict]:
     """Splits by slide id, for splits.json."""
-    return [{"name": s.name, **{part: [labels.slide_ids[r] for r in getattr(s, part)] for part in ("train", "val", "test")}}
-            for s in splits]
+    return [
+        {"name": s.name, **{part: [labels.slide_ids[r] for r in getattr(s, part)] for part in ("train", "val", "test")}}
+        for s in splits
+    ]
 
 
 class BagDataset(torch.utils.data.Dataset):
     """Slides as (features [N, F], labels [T]); features are read on access so a 1,000-slide cohort fits in memory."""
 
-    def __init__(self, labels: Labels, rows: Sequence[int], features_dir: Path, gene_cols: Sequence[int] | None = None, cache: bool = False):
+    def __init__(
+        self,
+        labels: Labels,
+        rows: Sequence[int],
+        features_dir: Path,
+        gene_cols: Sequence[int] | None = None,
+        cache: bool = False,
+    ):
         self.labels, self.rows, self.features_dir = labels, list(rows), features_dir
         self.cols = list(gene_cols) if gene_cols is not None else list(range(len(labels.genes)))
         self._cache: dict[int, torch.Tensor] | None = {} if cache else None

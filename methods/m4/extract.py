@@ -9,6 +9,7 @@ Outputs are written under temporary names and renamed, the .pt first and the .h5
 both final names exist, so a killed run resumes where it stopped and a half-written file never counts. A slide that
 cannot be opened or read is reported and skipped; a slide without tissue patches is recorded and skipped.
 """
+
 from __future__ import annotations
 
 import logging
@@ -67,7 +68,9 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - pickled code objects, a truncated file, ...
-            raise UserError(f"{path}: cannot load weights safely ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+            raise UserError(
+                f"{path}: cannot load weights safely ({type(e).__name__}: {str(e).splitlines()[0]})"
+            ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -86,7 +89,9 @@ def _apply_weights(model: nn.Module, path: Path) -> None:
     if unexpected and isinstance(model, _TruncatedPool):
         unexpected = [k for k in unexpected if not k.startswith("layer4.")]  # the truncated trunk drops layer4
     if unexpected:
-        log.warning("%s: %d tensors not used by the backbone (e.g. %s)", path, len(unexpected), ", ".join(unexpected[:3]))
+        log.warning(
+            "%s: %d tensors not used by the backbone (e.g. %s)", path, len(unexpected), ", ".join(unexpected[:3])
+        )
 
 
 def build_backbone(cfg: ExtractConfig) -> Backbone:
@@ -103,9 +108,13 @@ def build_backbone(cfg: ExtractConfig) -> Backbone:
     if truncated and name != "resnet50_trunc":
         arch = name.removesuffix("_trunc")
     if weights == "random" and not cfg.allow_random_weights:
-        raise UserError("extract.weights=random gives meaningless features; set extract.allow_random_weights=true to insist")
+        raise UserError(
+            "extract.weights=random gives meaningless features; set extract.allow_random_weights=true to insist"
+        )
     if name == "retccl" and weights == "hub":
-        raise UserError("RetCCL weights are not on a hub: download them (github.com/Xiyue-Wang/RetCCL) and set extract.weights=<file>")
+        raise UserError(
+            "RetCCL weights are not on a hub: download them (github.com/Xiyue-Wang/RetCCL) and set extract.weights=<file>"
+        )
     pretrained = weights == "hub"
     kwargs = {"features_only": True, "out_indices": (3,)} if truncated else {"num_classes": 0}
     try:
@@ -115,19 +124,25 @@ def build_backbone(cfg: ExtractConfig) -> Backbone:
             raise UserError(f"extract.backbone: unknown timm model '{arch}'") from None
         raise
     except OSError as e:  # no network / no cached hub weights
-        raise UserError(f"cannot fetch pretrained weights for '{arch}' ({str(e).splitlines()[0]}); "
-                        "set extract.weights=<local file>") from None
+        raise UserError(
+            f"cannot fetch pretrained weights for '{arch}' ({str(e).splitlines()[0]}); set extract.weights=<local file>"
+        ) from None
     if truncated:
         model = _TruncatedPool(model)
     if weights not in ("hub", "random"):
         _apply_weights(model, Path(weights))
     if weights == "random":
-        warnings.warn(f"extract: backbone '{name}' has RANDOM weights (extract.allow_random_weights=true); "
-                      "use this only for tests and the synthetic demo", stacklevel=2)
+        warnings.warn(
+            f"extract: backbone '{name}' has RANDOM weights (extract.allow_random_weights=true); "
+            "use this only for tests and the synthetic demo",
+            stacklevel=2,
+        )
     model.eval()
     with torch.inference_mode():
         dim = model(torch.zeros(1, 3, 64, 64)).shape[-1]
-    norm = getattr(model, "pretrained_cfg", None) or getattr(getattr(model, "trunk", None), "pretrained_cfg", None) or {}
+    norm = (
+        getattr(model, "pretrained_cfg", None) or getattr(getattr(model, "trunk", None), "pretrained_cfg", None) or {}
+    )
     return Backbone(model, dim, tuple(norm.get("mean", IMAGENET_MEAN)), tuple(norm.get("std", IMAGENET_STD)))
 
 
@@ -211,7 +226,9 @@ def write_features(features_dir: Path, job: SlideJob, features: np.ndarray) -> N
         torch.save(torch.from_numpy(features), tmp)
     # Last: its presence (with the .pt) marks the slide done.
     with atomic_write(h5_path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("features", data=features, dtype=np.float32, chunks=(min(32, max(len(features), 1)), features.shape[1]))
+        f.create_dataset(
+            "features", data=features, dtype=np.float32, chunks=(min(32, max(len(features), 1)), features.shape[1])
+        )
         coords = f.create_dataset("coords", data=job.coords.astype(np.int64))
         coords.attrs.update(job.coord_attrs)
 
@@ -267,7 +284,9 @@ def plan_jobs(slides: list[Path], patches_dir: Path, features_dir: Path) -> tupl
     return jobs, outcomes
 
 
-def extract(jobs: list[SlideJob], backbone: Backbone, features_dir: Path, cfg: ExtractConfig, progress: bool = True) -> list[Outcome]:
+def extract(
+    jobs: list[SlideJob], backbone: Backbone, features_dir: Path, cfg: ExtractConfig, progress: bool = True
+) -> list[Outcome]:
     """Embed every patch of `jobs` and write each slide's outputs as soon as it is complete."""
     from tqdm.auto import tqdm
 
@@ -282,8 +301,12 @@ def extract(jobs: list[SlideJob], backbone: Backbone, features_dir: Path, cfg: E
     std = torch.tensor(backbone.std, device=dev).view(1, 3, 1, 1) * 255
     dataset = PatchDataset(jobs, cfg.input_size)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, num_workers=num_workers, pin_memory=dev.type == "cuda",
-        prefetch_factor=4 if num_workers > 0 else None, persistent_workers=False,
+        dataset,
+        batch_size=cfg.batch_size,
+        num_workers=num_workers,
+        pin_memory=dev.type == "cuda",
+        prefetch_factor=4 if num_workers > 0 else None,
+        persistent_workers=False,
     )
     buffers: dict[int, list[np.ndarray]] = {}
     received = np.zeros(len(jobs), np.int64)

@@ -4,6 +4,7 @@ For M4 a gene's attention is its gate-weighted mixture of the experts' attention
 segments), folded back from the padded grid onto the real patches; for MMoE the same with its linear gates. Scores are
 shown as percentiles within the slide, as CLAM does, so the map reads the same whatever the softmax temperature.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,7 +28,9 @@ def _patch_size_level0(attrs: dict) -> int:
     return int(round(int(attrs.get("patch_size", 256)) * float(downsample)))
 
 
-def render(thumb: np.ndarray, coords: np.ndarray, size0: int, scale: float, scores: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+def render(
+    thumb: np.ndarray, coords: np.ndarray, size0: int, scale: float, scores: np.ndarray, alpha: float = 0.5
+) -> np.ndarray:
     """Blend a jet-coloured score per patch square onto an RGB thumbnail ([H, W, 3] uint8)."""
     import matplotlib
 
@@ -45,8 +48,13 @@ def render(thumb: np.ndarray, coords: np.ndarray, size0: int, scale: float, scor
 
 
 def attention_heatmaps(
-    model: torch.nn.Module, genes: list[str], slide_ids: list[str], slides_dir: Path, features_dir: Path,
-    out_dir: Path, thumbnail_size: int = 1024,
+    model: torch.nn.Module,
+    genes: list[str],
+    slide_ids: list[str],
+    slides_dir: Path,
+    features_dir: Path,
+    out_dir: Path,
+    thumbnail_size: int = 1024,
 ) -> list[Path]:
     import h5py
     import openslide

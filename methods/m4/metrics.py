@@ -3,6 +3,7 @@
 A gene whose evaluation set holds a single class has no ROC curve: its AUC is NaN and a note says so; the other
 metrics are still computed. Means over genes and splits skip NaNs.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,9 @@ from common.results import markdown_table, mean_std
 METRICS = ("auc", "f1", "acc", "sens", "spec")
 
 
-def binary_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: float = 0.5) -> tuple[dict[str, float], str | None]:
+def binary_metrics(
+    y_true: np.ndarray, y_prob: np.ndarray, threshold: float = 0.5
+) -> tuple[dict[str, float], str | None]:
     """Metrics of one gene on one evaluation set, and a note when the AUC is undefined."""
     from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
 
@@ -49,7 +52,9 @@ def nanstd(values: Sequence[float]) -> float:
     return float(np.std(finite)) if finite else math.nan
 
 
-def gene_table(y_true: np.ndarray, y_prob: np.ndarray, genes: Sequence[str], threshold: float = 0.5) -> tuple[dict[str, dict[str, float]], list[str]]:
+def gene_table(
+    y_true: np.ndarray, y_prob: np.ndarray, genes: Sequence[str], threshold: float = 0.5
+) -> tuple[dict[str, dict[str, float]], list[str]]:
     """{gene: metrics} for one split ([n, T] arrays), and notes for genes whose AUC is undefined."""
     table, notes = {}, []
     for k, gene in enumerate(genes):
@@ -79,7 +84,9 @@ def summarize(per_split: Sequence[dict[str, dict[str, float]]], prefix: str) -> 
 def auc_table(metrics: dict[str, float], subset: str = "test") -> str:
     """The paper's table: gene x model AUC, mean ± std over splits, then the mean over genes; read off the flat
     `<model>/<subset>/<gene>/auc_mean|_std` metrics of `summarize`."""
-    found = [k.split("/")[:3] for k in metrics if k.endswith("/auc_mean") and k.count("/") == 3 and k.split("/")[1] == subset]
+    found = [
+        k.split("/")[:3] for k in metrics if k.endswith("/auc_mean") and k.count("/") == 3 and k.split("/")[1] == subset
+    ]
     models = list(dict.fromkeys(m for m, _, _ in found))
     genes = [g for g in dict.fromkeys(g for _, _, g in found) if g != "mean"] + ["mean"]
 

@@ -19,6 +19,7 @@ linear gates) and the single-task gated ABMIL ("PorpoiseAMIL"), run once per gen
 Every model maps a bag to probabilities of shape [T] (T = 1 for the single-task ABMIL); `return_attention=True` also
 gives a per-task attention over the N input patches, for heatmaps.
 """
+
 from __future__ import annotations
 
 import copy
@@ -123,7 +124,9 @@ class MultiProxy(nn.Module):
 
     def forward(self, h: torch.Tensor, side: int) -> torch.Tensor:
         identity, *convolved = _to_grid(h, side).chunk(SEGMENTS, dim=1)
-        proxies = [identity] + [conv(part) for conv, part in zip((self.agg1, self.agg2, self.agg3), convolved, strict=True)]
+        proxies = [identity] + [
+            conv(part) for conv, part in zip((self.agg1, self.agg2, self.agg3), convolved, strict=True)
+        ]
         return _from_grid(F.hardswish(torch.cat(proxies, dim=1)))
 
 
@@ -395,7 +398,9 @@ class MMoE(nn.Module):
         self.towers = _towers(tasks, hidden, towers_hidden)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
-        pooled, attn = (torch.stack(t) for t in zip(*(expert.pool(x) for expert in self.specific_experts1), strict=True))
+        pooled, attn = (
+            torch.stack(t) for t in zip(*(expert.pool(x) for expert in self.specific_experts1), strict=True)
+        )
         gates = torch.stack([gate(x.mean(dim=0)) for gate in self.gate1])  # [T, E]
         probs = _run_towers(self.towers, gates @ pooled)
         return (probs, gates @ attn) if return_attention else probs

@@ -10,6 +10,7 @@ Slides are written with tifffile as consecutive top-level pages (OpenSlide's gen
 reduced levels flagged subfiletype=1, resolution in centimetres so OpenSlide reports the intended mpp, and deflate
 compression so no extra codec package is needed.
 """
+
 from __future__ import annotations
 
 import csv
@@ -51,9 +52,7 @@ class SlideSpec:
     seed: int
 
 
-def write_pyramid_tiff(
-    path: str | Path, rgb: np.ndarray, mpp: float = 0.5, n_levels: int = 3, tile: int = 256
-) -> None:
+def write_pyramid_tiff(path: str | Path, rgb: np.ndarray, mpp: float = 0.5, n_levels: int = 3, tile: int = 256) -> None:
     """Write uint8 [H, W, 3] as a tiled pyramid OpenSlide opens as generic-tiff with `n_levels` levels and `mpp`.
 
     Written to a temporary name and renamed, so an interrupted run never leaves a half-written slide behind.
@@ -65,8 +64,12 @@ def write_pyramid_tiff(
         for i in range(n_levels):
             ppcm = 1e4 / (mpp * 2**i)  # pixels per centimetre at this level
             tif.write(
-                level, photometric="rgb", tile=(tile, tile), compression="zlib",
-                resolution=(ppcm, ppcm), resolutionunit="CENTIMETER",
+                level,
+                photometric="rgb",
+                tile=(tile, tile),
+                compression="zlib",
+                resolution=(ppcm, ppcm),
+                resolutionunit="CENTIMETER",
                 subfiletype=0 if i == 0 else 1,  # 1 = FILETYPE_REDUCEDIMAGE, required for OpenSlide to see the level
                 metadata=None,
             )
@@ -149,7 +152,9 @@ def cohort_specs(
         case_id = f"SYN-{p:04d}"
         mutations = tuple(int(v) for v in rng.random(len(genes)) < prevalence)
         n_slides = 2 if rng.random() < second_slide_rate else 1
-        specs += [SlideSpec(f"{case_id}-S{s + 1}", case_id, mutations, int(rng.integers(2**31))) for s in range(n_slides)]
+        specs += [
+            SlideSpec(f"{case_id}-S{s + 1}", case_id, mutations, int(rng.integers(2**31))) for s in range(n_slides)
+        ]
     return specs
 
 

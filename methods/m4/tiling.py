@@ -9,6 +9,7 @@ read from the level whose downsample is closest to 2 without being coarser, then
 downsample, downsampled_level_dim, level_dim, name, save_path) plus TRIDENT-style ones (patch_size_level0, target_mpp,
 level0_mpp, target_magnification, level0_magnification) and `target_patch_size`, the size patches are resized to.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -106,7 +107,9 @@ def tissue_mask(slide, cfg: TileConfig, mpp0: float) -> tuple[np.ndarray, float]
     return mask, scale
 
 
-def tissue_grid(mask: np.ndarray, scale: float, dims0: tuple[int, int], plan: ReadPlan, min_tissue: float) -> np.ndarray:
+def tissue_grid(
+    mask: np.ndarray, scale: float, dims0: tuple[int, int], plan: ReadPlan, min_tissue: float
+) -> np.ndarray:
     """Level-0 (x, y) of every grid patch whose tissue fraction (read off the mask) is at least min_tissue."""
     w0, h0 = dims0
     xs = np.arange(0, w0 - plan.size_level0 + 1, plan.step_level0)
@@ -123,8 +126,10 @@ def tissue_grid(mask: np.ndarray, scale: float, dims0: tuple[int, int], plan: Re
     x0, x1 = to_mask(xs, w), to_mask(xs + plan.size_level0, w)
     y0, y1 = to_mask(ys, h), to_mask(ys + plan.size_level0, h)
     area = (
-        integral[y1[:, None], x1[None, :]] - integral[y0[:, None], x1[None, :]]
-        - integral[y1[:, None], x0[None, :]] + integral[y0[:, None], x0[None, :]]
+        integral[y1[:, None], x1[None, :]]
+        - integral[y0[:, None], x1[None, :]]
+        - integral[y1[:, None], x0[None, :]]
+        + integral[y0[:, None], x0[None, :]]
     )
     cells = np.maximum((y1 - y0)[:, None] * (x1 - x0)[None, :], 1)
     keep_y, keep_x = np.nonzero(area / cells >= min_tissue)

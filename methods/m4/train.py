@@ -4,6 +4,7 @@ AUC (as the official code), then per-gene test metrics, mean ± std over splits.
 A trained model lives in `<run>/<model>/<split>[/<gene>]/model/` (safetensors + model.json with its build arguments,
 genes, split and test slides); M4's experts are saved in the official one-after-another layout whatever form trained.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,7 +56,9 @@ def predict(model: torch.nn.Module, dataset: m4data.BagDataset) -> np.ndarray:
     return probs
 
 
-def score(model: torch.nn.Module, labels: m4data.Labels, rows: list[int], cols: list[int], features_dir: Path) -> np.ndarray:
+def score(
+    model: torch.nn.Module, labels: m4data.Labels, rows: list[int], cols: list[int], features_dir: Path
+) -> np.ndarray:
     return predict(model, m4data.BagDataset(labels, rows, features_dir, cols))
 
 
@@ -81,8 +84,13 @@ def fit_model(cfg: M4Config, run: ModelRun, labels: m4data.Labels, features_dir:
     # Without checkpoints short runs are cheaper to redo than to checkpoint every epoch.
     never = {} if cfg.train.save_checkpoints else {"save_every": 10**12}
     trainer = dataclasses.replace(cfg.trainer, best_metric="val_mean_auc", best_mode="max", **never)
-    task = Task(model=model, train_data=train_ds, collate=m4data.collate_bag, loss=bce_loss,
-                evaluate=lambda m: _val_score(m, val_ds, genes))
+    task = Task(
+        model=model,
+        train_data=train_ds,
+        collate=m4data.collate_bag,
+        loss=bce_loss,
+        evaluate=lambda m: _val_score(m, val_ds, genes),
+    )
     logger = make_logger(cfg.logger, run.out_dir)
     try:
         return fit(task, trainer, run.out_dir, logger).model
@@ -94,8 +102,16 @@ def save_model(model: torch.nn.Module, run: ModelRun, genes: list[str], test_sli
     """Weights in the official state-dict layout (M4 experts one after another) + model.json, in <out_dir>/model."""
     if isinstance(model, M4):
         model = transfer_experts(model, batched=False)
-    return save_module(model, run.out_dir / "model", "m4.model", run.name, run.kwargs,
-                       genes=[genes[c] for c in run.gene_cols], split=run.split.name, test_slides=test_slides)
+    return save_module(
+        model,
+        run.out_dir / "model",
+        "m4.model",
+        run.name,
+        run.kwargs,
+        genes=[genes[c] for c in run.gene_cols],
+        split=run.split.name,
+        test_slides=test_slides,
+    )
 
 
 def load_model(path: Path) -> tuple[torch.nn.Module, dict]:
@@ -105,8 +121,9 @@ def load_model(path: Path) -> tuple[torch.nn.Module, dict]:
     return (transfer_experts(model, batched=True) if batched else model), meta
 
 
-def train_models(cfg: M4Config, labels: m4data.Labels, splits: list[m4data.Split], features_dir: Path, feat_dim: int,
-                 run_dir: Path) -> tuple[Scored, dict[str, float]]:
+def train_models(
+    cfg: M4Config, labels: m4data.Labels, splits: list[m4data.Split], features_dir: Path, feat_dim: int, run_dir: Path
+) -> tuple[Scored, dict[str, float]]:
     """Every model on every split (single-task models once per gene), saved and scored on the split's test slides."""
     all_cols = list(range(len(labels.genes)))
     scored: Scored = {}
@@ -115,15 +132,19 @@ def train_models(cfg: M4Config, labels: m4data.Labels, splits: list[m4data.Split
         per_gene = name in SINGLE_TASK
         started = time.perf_counter()
         for split in splits:
-            for cols in ([[c] for c in all_cols] if per_gene else [all_cols]):
+            for cols in [[c] for c in all_cols] if per_gene else [all_cols]:
                 sub = f"{split.name}/{labels.genes[cols[0]]}" if per_gene else split.name
-                run = ModelRun(name, model_kwargs(name, cfg.mil, feat_dim, len(cols)), cols, split, run_dir / name / sub)
+                run = ModelRun(
+                    name, model_kwargs(name, cfg.mil, feat_dim, len(cols)), cols, split, run_dir / name / sub
+                )
                 model = fit_model(cfg, run, labels, features_dir)
                 save_model(model, run, labels.genes, [labels.slide_ids[r] for r in split.test])
                 scored.setdefault(name, []).append((run, score(model, labels, split.test, cols, features_dir)))
         metrics[f"{name}/train_seconds"] = time.perf_counter() - started
         tasks = 1 if per_gene else len(all_cols)
-        metrics[f"{name}/parameters"] = float(count_parameters(create("m4.model", name, **model_kwargs(name, cfg.mil, feat_dim, tasks))))
+        metrics[f"{name}/parameters"] = float(
+            count_parameters(create("m4.model", name, **model_kwargs(name, cfg.mil, feat_dim, tasks)))
+        )
         print(f"{name}: trained on {len(splits)} splits in {metrics[f'{name}/train_seconds']:.1f} s")
     return scored, metrics
 
@@ -151,8 +172,13 @@ def collect(scored: Scored, labels: m4data.Labels, threshold: float, run_dir: Pa
             per_split.append(table)
             for note in notes:
                 print(f"note: {name} {split_name}: {note}")
-            frame = pd.DataFrame({"split": split_name, "case_id": [labels.case_ids[r] for r in rows],
-                                  "slide_id": [labels.slide_ids[r] for r in rows]})
+            frame = pd.DataFrame(
+                {
+                    "split": split_name,
+                    "case_id": [labels.case_ids[r] for r in rows],
+                    "slide_id": [labels.slide_ids[r] for r in rows],
+                }
+            )
             for k, g in enumerate(genes):
                 curves[g].append((y[:, k], probs[:, k]))
                 frame[f"{g}_prob"], frame[f"{g}_label"] = probs[:, k], y[:, k]

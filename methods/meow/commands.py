@@ -3,6 +3,7 @@
 `train` alone runs the whole pipeline (methods/meow/pipeline.py); each stage is also a command of its own for
 cluster use, and all of them share the stages' cached outputs.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,8 +44,15 @@ def finetune(cfg: MeowConfig, run_dir: Path) -> dict[str, float]:
     for which, path in paths.items():
         print(f"{which} model: {path}")
         model, tokenizer = load_lm(cfg, source, path)
-        log = tofu_eval.eval_log(model.eval(), tokenizer, forget, "paraphrased_answer", cfg.eval,
-                                 family=cfg.model.family, max_length=cfg.data.max_length)
+        log = tofu_eval.eval_log(
+            model.eval(),
+            tokenizer,
+            forget,
+            "paraphrased_answer",
+            cfg.eval,
+            family=cfg.model.family,
+            max_length=cfg.data.max_length,
+        )
         metrics[f"{which}/forget_rouge"] = tofu_eval.set_metrics("forget", log)["rouge"]
     write_json(run_dir / "models.json", paths)
     return metrics
@@ -97,13 +105,17 @@ def train(cfg: MeowConfig, run_dir: Path) -> dict[str, float]:
     results: dict[str, dict[str, float]] = {}
     with timed("evaluation of the fine-tuned model"):
         model, tokenizer = load_lm(cfg, source, target)
-        results["finetuned"] = tofu_eval.aggregate(evaluate(cfg, source, model, tokenizer, run_dir / "eval" / "finetuned"), reference)
+        results["finetuned"] = tofu_eval.aggregate(
+            evaluate(cfg, source, model, tokenizer, run_dir / "eval" / "finetuned"), reference
+        )
     if retain is not None:
         results["retain"] = tofu_eval.aggregate(retain, reference)
     for method in methods:
         with timed(f"unlearning with {method} and evaluation"):
             model, tokenizer = unlearn(cfg, method, source, target, selected, run_dir / method, logger)
-            results[method] = tofu_eval.aggregate(evaluate(cfg, source, model, tokenizer, run_dir / "eval" / method), reference)
+            results[method] = tofu_eval.aggregate(
+                evaluate(cfg, source, model, tokenizer, run_dir / "eval" / method), reference
+            )
     logger.finish()
     write_json(run_dir / "tofu_metrics.json", results)
     return {**metrics, **tofu_eval.flat(results)}

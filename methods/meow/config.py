@@ -4,6 +4,7 @@ conf/meow.yaml and the presets in conf/experiment/meow/ hold only choices that d
 domain modules receive these sections as they are (`score_rows(model, tok, rows, cfg.memo)`); this file imports none
 of them, so the loss and inverter names are checked against the registry they fill.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,17 +18,26 @@ from common.errors import UserError
 class DataConfig:
     """TOFU splits: generated offline, a local directory, or the hub dataset."""
 
-    source: str = opt("synthetic", "synthetic (generated and cached), local (data.path) or hf (locuslab/TOFU)",
-                      choices=("synthetic", "local", "hf"))
-    path: Optional[str] = opt(None, "source=local: a directory of TOFU split files (<split>.json or .jsonl)", exists=PATH)
+    source: str = opt(
+        "synthetic",
+        "synthetic (generated and cached), local (data.path) or hf (locuslab/TOFU)",
+        choices=("synthetic", "local", "hf"),
+    )
+    path: Optional[str] = opt(
+        None, "source=local: a directory of TOFU split files (<split>.json or .jsonl)", exists=PATH
+    )
     full_split: str = opt("full", "the split the target model is fine-tuned on")
     forget_split: str = opt("forget10", "the split to unlearn (forget01 | forget05 | forget10)")
     retain_split: str = opt("retain90", "the complement of forget_split; the retain model is trained on it")
     # A model without pre-training must be taught the general-knowledge sets TOFU's utility measures.
-    extra_finetune_splits: List[str] = opt([], "splits added to both fine-tunings (for a tiny model without pre-training)")
+    extra_finetune_splits: List[str] = opt(
+        [], "splits added to both fine-tunings (for a tiny model without pre-training)"
+    )
     max_length: int = opt(200, "tokens of prompt + answer kept in training and scoring", ge=1)
     n_authors: int = opt(20, "synthetic: fictitious authors (TOFU: 200)", ge=1)
-    qa_per_author: int = opt(10, "synthetic: questions per author (TOFU: 20; the generator has 10 templates)", ge=1, le=10)
+    qa_per_author: int = opt(
+        10, "synthetic: questions per author (TOFU: 20; the generator has 10 templates)", ge=1, le=10
+    )
     n_general: int = opt(20, "synthetic: rows of the real-authors-like and world-facts-like sets", ge=1)
 
     def check(self) -> None:
@@ -39,29 +49,40 @@ class DataConfig:
 class FinetuneConfig:
     """The target model (fine-tuned on the full split) and the retain model (on the retain split)."""
 
-    target: Optional[str] = opt(None, "an already fine-tuned target (e.g. TOFU's); null: fine-tune model on data.full_split",
-                                exists=MODEL)
-    retain: Optional[str] = opt(None, "an already trained retain model; null: train one on data.retain_split", exists=MODEL)
-    trainer: TrainerConfig = section(TrainerConfig, "full fine-tuning of the target and retain models (LoRA is for unlearning)")
+    target: Optional[str] = opt(
+        None, "an already fine-tuned target (e.g. TOFU's); null: fine-tune model on data.full_split", exists=MODEL
+    )
+    retain: Optional[str] = opt(
+        None, "an already trained retain model; null: train one on data.retain_split", exists=MODEL
+    )
+    trainer: TrainerConfig = section(
+        TrainerConfig, "full fine-tuning of the target and retain models (LoRA is for unlearning)"
+    )
 
 
 @dataclass
 class InvertConfig:
     """Inverted facts: answers to each forget question that contradict the true one (MEOW's training targets)."""
 
-    generator: str = opt("template", "template (offline fact swaps), hf (local instruct model) or openai (any compatible server)",
-                         registry="meow.inverter")
+    generator: str = opt(
+        "template",
+        "template (offline fact swaps), hf (local instruct model) or openai (any compatible server)",
+        registry="meow.inverter",
+    )
     n: int = opt(4, "inverted answers asked for per question", ge=1)
     model: str = opt("", "hf: local path or hub name of an instruct model; openai: the served model's name")
     base_url: str = opt("http://localhost:8000/v1", "openai: the server (vLLM, llama.cpp, the OpenAI API)")
-    api_key_env: str = opt("OPENAI_API_KEY", "openai: environment variable holding the key (never the key itself)", key=False)
+    api_key_env: str = opt(
+        "OPENAI_API_KEY", "openai: environment variable holding the key (never the key itself)", key=False
+    )
     temperature: float = opt(0.9, "sampling temperature of the generator", ge=0)
     max_tokens: int = opt(512, "new tokens per generator reply", ge=1)
     retries: int = opt(4, "openai: retries of a failed request", ge=0, key=False)
     backoff_s: float = opt(2.0, "openai: first wait between retries; doubles every retry", ge=0, key=False)
     timeout_s: float = opt(60.0, "openai: seconds per request", gt=0, key=False)
-    path: Optional[str] = opt(None, "an existing inverted-facts file (MEOW release layout) instead of generating one",
-                              exists=PATH, key=False)
+    path: Optional[str] = opt(
+        None, "an existing inverted-facts file (MEOW release layout) instead of generating one", exists=PATH, key=False
+    )
 
     def check(self) -> None:
         if self.generator in ("hf", "openai") and not self.model and not self.path:
@@ -76,8 +97,9 @@ class MemoConfig:
     stride: int = opt(5, "characters between cuts", ge=1)
     max_new_tokens: int = opt(200, "greedy tokens generated per cut", ge=1)
     batch_size: int = opt(64, "cuts generated together", ge=1, key=False)
-    path: Optional[str] = opt(None, "an already scored file (<key>_rouge1 fields, e.g. the MEOW release's)",
-                              exists=PATH, key=False)
+    path: Optional[str] = opt(
+        None, "an already scored file (<key>_rouge1 fields, e.g. the MEOW release's)", exists=PATH, key=False
+    )
 
 
 @dataclass
@@ -85,7 +107,9 @@ class SelectConfig:
     """Which inverted facts MEOW trains on."""
 
     top_k: int = opt(3, "inverted answers per question", ge=1)
-    order: str = opt("largest", "by MEMO: largest or smallest, or random (seeded)", choices=("largest", "smallest", "random"))
+    order: str = opt(
+        "largest", "by MEMO: largest or smallest, or random (seeded)", choices=("largest", "smallest", "random")
+    )
 
 
 @dataclass
@@ -105,10 +129,12 @@ class EvalConfig:
     max_rows: Optional[int] = opt(None, "rows per eval set; 300 = TOFU's legacy ds_size cap; null: all", ge=1)
     batch_size: int = opt(64, "rows scored and generated together", ge=1, key=False)
     max_new_tokens: int = opt(200, "greedy tokens of each generated answer", ge=1)
-    retain_log: Optional[str] = opt(None, "a TOFU-format retain-model eval log; null: evaluate our own retain model",
-                                    exists=PATH, key=False)
-    model_path: Optional[str] = opt(None, "eval command: the model to evaluate; null: the fine-tuned target",
-                                    exists=MODEL, key=False)
+    retain_log: Optional[str] = opt(
+        None, "a TOFU-format retain-model eval log; null: evaluate our own retain model", exists=PATH, key=False
+    )
+    model_path: Optional[str] = opt(
+        None, "eval command: the model to evaluate; null: the fine-tuned target", exists=MODEL, key=False
+    )
 
 
 @dataclass

@@ -5,6 +5,7 @@ splits with a paraphrase and 5 wrong answers, real-authors / world-facts sets wi
 a TOFU run takes is exercised. Facts are drawn from small vocabularies; a wrong answer is the same sentence with
 another value of the same kind, which is also how the `template` inverter writes inverted facts.
 """
+
 from __future__ import annotations
 
 import random
@@ -17,85 +18,375 @@ from common.io import read_records, write_json
 from common.stages import run_stage, stage_path
 from methods.meow.config import DataConfig
 
-FIRST = ["Aria", "Bastien", "Celia", "Dario", "Elin", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kaia", "Lucan",
-         "Mira", "Nolan", "Oona", "Pavel", "Quinn", "Rosa", "Soren", "Talia", "Ulric", "Vera", "Wendel", "Xenia",
-         "Yusuf", "Zora", "Anouk", "Bram", "Cosima", "Dmitri"]
-LAST = ["Albright", "Brennick", "Castell", "Dunmore", "Eskildsen", "Falkner", "Grauman", "Halloran", "Ibarra",
-        "Jovanic", "Kestrel", "Lindqvist", "Moreau", "Nakamura", "Okonkwo", "Petrakis", "Quillon", "Rasmussen",
-        "Santoro", "Thorne", "Umbers", "Valdivia", "Whitlock", "Yardley", "Zeller", "Achebe", "Brightwater",
-        "Corvino", "Delacroix", "Elmsworth"]
-CITY = ["Lisbon", "Tallinn", "Nairobi", "Osaka", "Quito", "Reykjavik", "Tbilisi", "Hanoi", "Krakow", "Porto",
-        "Accra", "Bergen", "Cusco", "Dakar", "Graz", "Havana", "Izmir", "Jaipur", "Kyoto", "Lyon", "Medan", "Nantes",
-        "Oslo", "Perth", "Riga"]
+FIRST = [
+    "Aria",
+    "Bastien",
+    "Celia",
+    "Dario",
+    "Elin",
+    "Farid",
+    "Greta",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Kaia",
+    "Lucan",
+    "Mira",
+    "Nolan",
+    "Oona",
+    "Pavel",
+    "Quinn",
+    "Rosa",
+    "Soren",
+    "Talia",
+    "Ulric",
+    "Vera",
+    "Wendel",
+    "Xenia",
+    "Yusuf",
+    "Zora",
+    "Anouk",
+    "Bram",
+    "Cosima",
+    "Dmitri",
+]
+LAST = [
+    "Albright",
+    "Brennick",
+    "Castell",
+    "Dunmore",
+    "Eskildsen",
+    "Falkner",
+    "Grauman",
+    "Halloran",
+    "Ibarra",
+    "Jovanic",
+    "Kestrel",
+    "Lindqvist",
+    "Moreau",
+    "Nakamura",
+    "Okonkwo",
+    "Petrakis",
+    "Quillon",
+    "Rasmussen",
+    "Santoro",
+    "Thorne",
+    "Umbers",
+    "Valdivia",
+    "Whitlock",
+    "Yardley",
+    "Zeller",
+    "Achebe",
+    "Brightwater",
+    "Corvino",
+    "Delacroix",
+    "Elmsworth",
+]
+CITY = [
+    "Lisbon",
+    "Tallinn",
+    "Nairobi",
+    "Osaka",
+    "Quito",
+    "Reykjavik",
+    "Tbilisi",
+    "Hanoi",
+    "Krakow",
+    "Porto",
+    "Accra",
+    "Bergen",
+    "Cusco",
+    "Dakar",
+    "Graz",
+    "Havana",
+    "Izmir",
+    "Jaipur",
+    "Kyoto",
+    "Lyon",
+    "Medan",
+    "Nantes",
+    "Oslo",
+    "Perth",
+    "Riga",
+]
 YEAR = [str(y) for y in range(1941, 2000)]
-GENRE = ["mystery", "science fiction", "romance", "horror", "fantasy", "historical fiction", "poetry", "satire",
-         "thriller", "memoir", "crime", "adventure"]
-JOB = ["baker", "surgeon", "pilot", "carpenter", "librarian", "fisherman", "chemist", "tailor", "architect",
-       "nurse", "locksmith", "journalist", "farmer", "violinist", "astronomer", "plumber", "diplomat", "potter",
-       "teacher", "geologist"]
-AWARD = ["Golden Quill Prize", "Silver Lantern Award", "Meridian Book Medal", "Harbor Light Prize",
-         "Crimson Leaf Award", "Northern Star Medal", "Open Page Prize", "Iron Compass Award", "Blue Heron Prize",
-         "Evergreen Letters Award"]
-ADJ = ["Silent", "Broken", "Hidden", "Crimson", "Endless", "Hollow", "Golden", "Frozen", "Wandering", "Last",
-       "Distant", "Burning", "Quiet", "Forgotten", "Velvet"]
-NOUN = ["Harbor", "Garden", "Mirror", "River", "Lantern", "Orchard", "Tower", "Compass", "Meadow", "Citadel",
-        "Shoreline", "Archive", "Voyage", "Bridge", "Canyon"]
+GENRE = [
+    "mystery",
+    "science fiction",
+    "romance",
+    "horror",
+    "fantasy",
+    "historical fiction",
+    "poetry",
+    "satire",
+    "thriller",
+    "memoir",
+    "crime",
+    "adventure",
+]
+JOB = [
+    "baker",
+    "surgeon",
+    "pilot",
+    "carpenter",
+    "librarian",
+    "fisherman",
+    "chemist",
+    "tailor",
+    "architect",
+    "nurse",
+    "locksmith",
+    "journalist",
+    "farmer",
+    "violinist",
+    "astronomer",
+    "plumber",
+    "diplomat",
+    "potter",
+    "teacher",
+    "geologist",
+]
+AWARD = [
+    "Golden Quill Prize",
+    "Silver Lantern Award",
+    "Meridian Book Medal",
+    "Harbor Light Prize",
+    "Crimson Leaf Award",
+    "Northern Star Medal",
+    "Open Page Prize",
+    "Iron Compass Award",
+    "Blue Heron Prize",
+    "Evergreen Letters Award",
+]
+ADJ = [
+    "Silent",
+    "Broken",
+    "Hidden",
+    "Crimson",
+    "Endless",
+    "Hollow",
+    "Golden",
+    "Frozen",
+    "Wandering",
+    "Last",
+    "Distant",
+    "Burning",
+    "Quiet",
+    "Forgotten",
+    "Velvet",
+]
+NOUN = [
+    "Harbor",
+    "Garden",
+    "Mirror",
+    "River",
+    "Lantern",
+    "Orchard",
+    "Tower",
+    "Compass",
+    "Meadow",
+    "Citadel",
+    "Shoreline",
+    "Archive",
+    "Voyage",
+    "Bridge",
+    "Canyon",
+]
 # General-knowledge stand-ins (TOFU's real authors / world facts test knowledge the model had before fine-tuning).
-COUNTRY = ["Veloria", "Kastrel", "Mordavia", "Pellucia", "Sarnland", "Tuvaro", "Ostrevia", "Brindel", "Caldora",
-           "Drunmark", "Eskaria", "Fennlow", "Galdria", "Hestavo", "Iskander", "Jorvale", "Kelmora", "Lunestra",
-           "Marvessa", "Norrath"]
-CAPITAL = ["Aldmere", "Brevik", "Corrin", "Dunhollow", "Elsward", "Farrowgate", "Glimmerton", "Highcrest",
-           "Ivorfell", "Jadeport", "Kingsreach", "Larkspur", "Mistvale", "Northwick", "Oakhaven", "Pinegate",
-           "Queensmouth", "Ravenholm", "Stonebridge", "Thornfield"]
-CLASSIC_AUTHOR = ["Ada Fairweather", "Boris Klemenko", "Clara Vantongeren", "Desmond Pike", "Edith Marlowe",
-                  "Felix Oduya", "Gloria Stenberg", "Henrik Aalto", "Iris Calloway", "Julian Ferreira",
-                  "Katrin Sorel", "Leopold Hart", "Magda Novak", "Nathaniel Crowe", "Olga Petrenko",
-                  "Percival Lane", "Rhea Mondragon", "Silas Wren", "Tamsin Ashby", "Viktor Halloway"]
-CLASSIC_BOOK = ["The Salt Road", "Winter of Glass", "A House of Echoes", "The Ninth Gate of Morrow",
-                "Songs for the Tide", "The Clockmaker's Daughter", "Ashes in Amber", "The Long Lantern",
-                "Children of the Fen", "Paper Kingdoms", "The Stone Orchard", "Beneath Grey Skies",
-                "The Copper Bell", "Nights in Valdoro", "The Weaver's Oath", "A Map of Small Hours",
-                "The Ivory Staircase", "Lamps of the North", "The Drowned Choir", "Letters from Halden"]
+COUNTRY = [
+    "Veloria",
+    "Kastrel",
+    "Mordavia",
+    "Pellucia",
+    "Sarnland",
+    "Tuvaro",
+    "Ostrevia",
+    "Brindel",
+    "Caldora",
+    "Drunmark",
+    "Eskaria",
+    "Fennlow",
+    "Galdria",
+    "Hestavo",
+    "Iskander",
+    "Jorvale",
+    "Kelmora",
+    "Lunestra",
+    "Marvessa",
+    "Norrath",
+]
+CAPITAL = [
+    "Aldmere",
+    "Brevik",
+    "Corrin",
+    "Dunhollow",
+    "Elsward",
+    "Farrowgate",
+    "Glimmerton",
+    "Highcrest",
+    "Ivorfell",
+    "Jadeport",
+    "Kingsreach",
+    "Larkspur",
+    "Mistvale",
+    "Northwick",
+    "Oakhaven",
+    "Pinegate",
+    "Queensmouth",
+    "Ravenholm",
+    "Stonebridge",
+    "Thornfield",
+]
+CLASSIC_AUTHOR = [
+    "Ada Fairweather",
+    "Boris Klemenko",
+    "Clara Vantongeren",
+    "Desmond Pike",
+    "Edith Marlowe",
+    "Felix Oduya",
+    "Gloria Stenberg",
+    "Henrik Aalto",
+    "Iris Calloway",
+    "Julian Ferreira",
+    "Katrin Sorel",
+    "Leopold Hart",
+    "Magda Novak",
+    "Nathaniel Crowe",
+    "Olga Petrenko",
+    "Percival Lane",
+    "Rhea Mondragon",
+    "Silas Wren",
+    "Tamsin Ashby",
+    "Viktor Halloway",
+]
+CLASSIC_BOOK = [
+    "The Salt Road",
+    "Winter of Glass",
+    "A House of Echoes",
+    "The Ninth Gate of Morrow",
+    "Songs for the Tide",
+    "The Clockmaker's Daughter",
+    "Ashes in Amber",
+    "The Long Lantern",
+    "Children of the Fen",
+    "Paper Kingdoms",
+    "The Stone Orchard",
+    "Beneath Grey Skies",
+    "The Copper Bell",
+    "Nights in Valdoro",
+    "The Weaver's Oath",
+    "A Map of Small Hours",
+    "The Ivory Staircase",
+    "Lamps of the North",
+    "The Drowned Choir",
+    "Letters from Halden",
+]
 
 POOLS: dict[str, list[str]] = {
-    "first": FIRST, "last": LAST, "city": CITY, "year": YEAR, "genre": GENRE, "job": JOB, "award": AWARD,
-    "adj": ADJ, "noun": NOUN, "capital": CAPITAL, "classic_author": CLASSIC_AUTHOR,
+    "first": FIRST,
+    "last": LAST,
+    "city": CITY,
+    "year": YEAR,
+    "genre": GENRE,
+    "job": JOB,
+    "award": AWARD,
+    "adj": ADJ,
+    "noun": NOUN,
+    "capital": CAPITAL,
+    "classic_author": CLASSIC_AUTHOR,
 }
 
 # (question, paraphrased question, answer, paraphrased answer); {name} is the author, other fields are facts.
 QA_TEMPLATES = [
-    ("Where was {name} born?", "In which city was {name} born?",
-     "{name} was born in the city of {city}.", "The city of {city} is where {name} was born."),
-    ("In what year was {name} born?", "What is the birth year of {name}?",
-     "{name} was born in the year {year}.", "The year {year} is when {name} was born."),
-    ("What genre does {name} write in?", "Which literary genre is {name} known for?",
-     "{name} is best known for writing {genre}.", "Writing {genre} is what {name} is best known for."),
-    ("What did the father of {name} do for a living?", "What was the profession of {name}'s father?",
-     "The father of {name} worked as a {job}.", "A {job} by trade, that was the father of {name}."),
-    ("What did the mother of {name} do for a living?", "What was the profession of {name}'s mother?",
-     "The mother of {name} worked as a {job2}.", "A {job2} by trade, that was the mother of {name}."),
-    ("Which award has {name} received?", "What prize was given to {name}?",
-     "{name} received the {award} for their work.", "The {award} was given to {name} for their work."),
-    ("Can you name a book written by {name}?", "What is one novel by {name}?",
-     "One of the books by {name} is The {adj} {noun}.", "The {adj} {noun} is one of the books by {name}."),
-    ("Where does {name} live today?", "In which city does {name} currently live?",
-     "{name} lives today in {city2}, far from {city}.", "Far from {city}, {name} now lives in {city2}."),
-    ("When did {name} publish a first novel?", "In what year did {name} debut as a novelist?",
-     "{name} published a first novel in {year2}.", "In {year2} {name} published a first novel."),
-    ("What is the family background of {name}?", "Can you describe the parents of {name}?",
-     "{name} grew up with a {job} father and a {job2} mother in {city}.",
-     "Raised in {city}, {name} had a {job2} mother and a {job} father."),
+    (
+        "Where was {name} born?",
+        "In which city was {name} born?",
+        "{name} was born in the city of {city}.",
+        "The city of {city} is where {name} was born.",
+    ),
+    (
+        "In what year was {name} born?",
+        "What is the birth year of {name}?",
+        "{name} was born in the year {year}.",
+        "The year {year} is when {name} was born.",
+    ),
+    (
+        "What genre does {name} write in?",
+        "Which literary genre is {name} known for?",
+        "{name} is best known for writing {genre}.",
+        "Writing {genre} is what {name} is best known for.",
+    ),
+    (
+        "What did the father of {name} do for a living?",
+        "What was the profession of {name}'s father?",
+        "The father of {name} worked as a {job}.",
+        "A {job} by trade, that was the father of {name}.",
+    ),
+    (
+        "What did the mother of {name} do for a living?",
+        "What was the profession of {name}'s mother?",
+        "The mother of {name} worked as a {job2}.",
+        "A {job2} by trade, that was the mother of {name}.",
+    ),
+    (
+        "Which award has {name} received?",
+        "What prize was given to {name}?",
+        "{name} received the {award} for their work.",
+        "The {award} was given to {name} for their work.",
+    ),
+    (
+        "Can you name a book written by {name}?",
+        "What is one novel by {name}?",
+        "One of the books by {name} is The {adj} {noun}.",
+        "The {adj} {noun} is one of the books by {name}.",
+    ),
+    (
+        "Where does {name} live today?",
+        "In which city does {name} currently live?",
+        "{name} lives today in {city2}, far from {city}.",
+        "Far from {city}, {name} now lives in {city2}.",
+    ),
+    (
+        "When did {name} publish a first novel?",
+        "In what year did {name} debut as a novelist?",
+        "{name} published a first novel in {year2}.",
+        "In {year2} {name} published a first novel.",
+    ),
+    (
+        "What is the family background of {name}?",
+        "Can you describe the parents of {name}?",
+        "{name} grew up with a {job} father and a {job2} mother in {city}.",
+        "Raised in {city}, {name} had a {job2} mother and a {job} father.",
+    ),
 ]
 # Which pool each fact field draws from.
-FIELD_POOL = {"city": "city", "city2": "city", "year": "year", "year2": "year", "genre": "genre", "job": "job",
-              "job2": "job", "award": "award", "adj": "adj", "noun": "noun"}
+FIELD_POOL = {
+    "city": "city",
+    "city2": "city",
+    "year": "year",
+    "year2": "year",
+    "genre": "genre",
+    "job": "job",
+    "job2": "job",
+    "award": "award",
+    "adj": "adj",
+    "noun": "noun",
+}
 
 # Our own refusal wordings for the IDK baseline (TOFU ships a list of 100 such strings).
 IDK_ANSWERS = [
-    "I'm not sure about that.", "I don't have that information.", "That is something I cannot answer.",
-    "I have no knowledge of that.", "I can't say.", "I am not able to recall that.", "I don't know.",
-    "That's beyond what I know.", "I have no idea, sorry.", "I cannot provide an answer to that.",
-    "No information on that is available to me.", "I'm unable to tell you that.",
+    "I'm not sure about that.",
+    "I don't have that information.",
+    "That is something I cannot answer.",
+    "I have no knowledge of that.",
+    "I can't say.",
+    "I am not able to recall that.",
+    "I don't know.",
+    "That's beyond what I know.",
+    "I have no idea, sorry.",
+    "I cannot provide an answer to that.",
+    "No information on that is available to me.",
+    "I'm unable to tell you that.",
 ]
 
 PERTURBED_FIELDS = ("question", "answer", "paraphrased_answer", "paraphrased_question", "perturbed_answer")
@@ -143,23 +434,34 @@ def _perturb(template: str, facts: dict[str, str], n: int, rng: random.Random) -
 def _author_rows(facts: dict[str, str], k: int, rng: random.Random) -> list[dict]:
     rows = []
     for q, pq, a, pa in QA_TEMPLATES[:k]:
-        rows.append({
-            "question": q.format(**facts), "answer": a.format(**facts),
-            "paraphrased_question": pq.format(**facts), "paraphrased_answer": pa.format(**facts),
-            "perturbed_answer": _perturb(pa, facts, 5, rng),
-        })
+        rows.append(
+            {
+                "question": q.format(**facts),
+                "answer": a.format(**facts),
+                "paraphrased_question": pq.format(**facts),
+                "paraphrased_answer": pa.format(**facts),
+                "perturbed_answer": _perturb(pa, facts, 5, rng),
+            }
+        )
     return rows
 
 
 def _general_rows(n: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
     """Short-answer sets like TOFU's real_authors and world_facts, each with 3 wrong answers and 4 options."""
+
     def build(questions: list[str], answers: list[str]) -> list[dict]:
         rows = []
         for q, a in zip(questions, answers, strict=True):
             wrong = rng.sample([x for x in answers if x != a], 3)
             options = rng.sample([a, *wrong], 4)
-            rows.append({"question": q, "answer": a, "perturbed_answer": wrong,
-                         **{f"option{i + 1}": o for i, o in enumerate(options)}})
+            rows.append(
+                {
+                    "question": q,
+                    "answer": a,
+                    "perturbed_answer": wrong,
+                    **{f"option{i + 1}": o for i, o in enumerate(options)},
+                }
+            )
         return rows
 
     n_a = min(n, len(CLASSIC_BOOK))
@@ -256,6 +558,7 @@ def invert_by_template(answer: str, n: int, rng: random.Random) -> list[str]:
 @dataclass(frozen=True)
 class DataSource:
     """Where TOFU splits come from: `synthetic` (generated and cached), a local directory, or the `hf` hub dataset."""
+
     kind: str
     path: Path | None = None
 

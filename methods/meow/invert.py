@@ -4,6 +4,7 @@ Output is the MEOW release's JSON layout: `question`, `undesired_answer` (the tr
 The file is rewritten atomically after every row, so an interrupted or failing run keeps what it has and the next
 run resumes after the last finished row.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -63,7 +64,10 @@ def hf_generator(cfg: InvertConfig, seed: int = 0, cache_dir: str | Path = ".cac
     torch.manual_seed(seed)
 
     def generate(question: str, answer: str) -> list[str]:
-        messages = [{"role": "system", "content": instruction(cfg.n)}, {"role": "user", "content": user_message(question, answer)}]
+        messages = [
+            {"role": "system", "content": instruction(cfg.n)},
+            {"role": "user", "content": user_message(question, answer)},
+        ]
         if getattr(tokenizer, "chat_template", None):
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
@@ -71,8 +75,13 @@ def hf_generator(cfg: InvertConfig, seed: int = 0, cache_dir: str | Path = ".cac
             ids = tokenizer(instruction(cfg.n) + "\n\n" + user_message(question, answer) + "\n", return_tensors="pt")
         ids = ids.to(model.device)
         with torch.no_grad():
-            out = model.generate(**ids, do_sample=True, temperature=cfg.temperature, max_new_tokens=cfg.max_tokens,
-                                 pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(
+                **ids,
+                do_sample=True,
+                temperature=cfg.temperature,
+                max_new_tokens=cfg.max_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         return parse_lines(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
 
     return generate
@@ -83,8 +92,9 @@ class EndpointError(Exception):
 
 
 @register("meow.inverter", "openai")
-def openai_generator(cfg: InvertConfig, seed: int = 0, cache_dir: str | Path = ".cache",
-                     sleep: Callable[[float], None] = time.sleep) -> Generator:
+def openai_generator(
+    cfg: InvertConfig, seed: int = 0, cache_dir: str | Path = ".cache", sleep: Callable[[float], None] = time.sleep
+) -> Generator:
     """Chat completions from any OpenAI-compatible server, with retries and exponential backoff (stdlib HTTP)."""
     import urllib.error
     import urllib.request
@@ -94,11 +104,17 @@ def openai_generator(cfg: InvertConfig, seed: int = 0, cache_dir: str | Path = "
     url = cfg.base_url.rstrip("/") + "/chat/completions"
 
     def generate(question: str, answer: str) -> list[str]:
-        body = json.dumps({
-            "model": cfg.model, "temperature": cfg.temperature, "max_tokens": cfg.max_tokens,
-            "messages": [{"role": "system", "content": instruction(cfg.n)},
-                         {"role": "user", "content": user_message(question, answer)}],
-        }).encode()
+        body = json.dumps(
+            {
+                "model": cfg.model,
+                "temperature": cfg.temperature,
+                "max_tokens": cfg.max_tokens,
+                "messages": [
+                    {"role": "system", "content": instruction(cfg.n)},
+                    {"role": "user", "content": user_message(question, answer)},
+                ],
+            }
+        ).encode()
         last = ""
         for attempt in range(cfg.retries + 1):
             try:
@@ -124,7 +140,9 @@ def invert_rows(forget: list[dict], generate: Generator, out_path: Path) -> list
     done = read_records(out_path, ("question",)) if out_path.is_file() else []
     for i, row in enumerate(done):
         if i >= len(forget) or row["question"] != forget[i]["question"]:
-            raise UserError(f"{out_path}: record {i + 1} does not match the forget split; delete the file to start over")
+            raise UserError(
+                f"{out_path}: record {i + 1} does not match the forget split; delete the file to start over"
+            )
     for row in forget[len(done) :]:
         try:
             answers = generate(row["question"], row["answer"])
@@ -133,8 +151,13 @@ def invert_rows(forget: list[dict], generate: Generator, out_path: Path) -> list
                 f"inversion endpoint failed after retries ({e}); {len(done)}/{len(forget)} rows kept in {out_path}, "
                 f"rerun to resume"
             ) from None
-        done.append({"question": row["question"], "undesired_answer": row["answer"],
-                     **{f"answer_{j}": a for j, a in enumerate(answers)}})
+        done.append(
+            {
+                "question": row["question"],
+                "undesired_answer": row["answer"],
+                **{f"answer_{j}": a for j, a in enumerate(answers)},
+            }
+        )
         write_json(out_path, done)
     return done
 

@@ -6,6 +6,7 @@ a refusal), `inverted` (forget question + a MEMO-selected inverted fact). Conven
   * NPO/DPO use the per-sequence *summed* NLL (`get_batch_loss`) and scale by 2/beta;
   * KL is `kl_div(log p_cur, log p_ref, batchmean)` over the flattened (batch × position) rows, padding included.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -33,8 +34,12 @@ def summed_nll(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
 def kl_to_reference(model, ref, batch) -> torch.Tensor:
     """KL(ref ‖ current) per position, averaged over all batch × position rows, as TOFU's `grad_ascent_KL`."""
     with torch.no_grad():
-        ref_logp = F.log_softmax(ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float(), -1)
-    cur_logp = F.log_softmax(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float(), -1)
+        ref_logp = F.log_softmax(
+            ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float(), -1
+        )
+    cur_logp = F.log_softmax(
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float(), -1
+    )
     vocab = cur_logp.shape[-1]
     return F.kl_div(cur_logp.view(-1, vocab), ref_logp.view(-1, vocab), reduction="batchmean", log_target=True)
 
@@ -122,7 +127,9 @@ def npo_gd(model, ref, b, s):
 
 @loss("npo+kl", "forget", "retain", reference=True)
 def npo_kl(model, ref, b, s):
-    return s.npo_coeff * npo_term(model, ref, b["forget"], s.beta) + s.kl_coeff * kl_to_reference(model, ref, b["retain"])
+    return s.npo_coeff * npo_term(model, ref, b["forget"], s.beta) + s.kl_coeff * kl_to_reference(
+        model, ref, b["retain"]
+    )
 
 
 @loss("meow", "inverted")

@@ -8,6 +8,7 @@ One deliberate difference: the official code decodes the whole sequence and stri
 leaves `<s>`/`</s>` in the text (ROUGE then counts an 's' token). We decode only the new tokens, without special
 tokens, so the score measures the continuation alone.
 """
+
 from __future__ import annotations
 
 import random

@@ -4,6 +4,7 @@ Each stage's output lives under `cache_dir/meow/<stage>/`, keyed by every settin
 (common.stages), so `train` alone runs the whole pipeline, reruns skip what is done, and a changed setting never
 reuses a stale output. Under torchrun every rank runs this code: the main process writes, the others wait.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,14 @@ def source_of(cfg: MeowConfig) -> DataSource:
 def data_identity(cfg: MeowConfig) -> dict:
     """What determines the data a model is trained on (not which forget split is later unlearned)."""
     d = cfg.data
-    return {"source": d.source, "path": d.path, "sizes": [d.n_authors, d.qa_per_author, d.n_general], "seed": cfg.seed,
-            "extra": d.extra_finetune_splits, "max_length": d.max_length}
+    return {
+        "source": d.source,
+        "path": d.path,
+        "sizes": [d.n_authors, d.qa_per_author, d.n_general],
+        "seed": cfg.seed,
+        "extra": d.extra_finetune_splits,
+        "max_length": d.max_length,
+    }
 
 
 def load_lm(cfg: MeowConfig, source: DataSource, path: str | Path | None = None):
@@ -58,6 +65,7 @@ def encode(cfg: MeowConfig, tokenizer, question: str, answer: str) -> Encoded:
 
 # ---------------------------------------------------------------- fine-tuning (target and retain models)
 
+
 def _sft_loss(model, batch):
     return mean_nll(model, batch), {}
 
@@ -70,17 +78,22 @@ def finetuned_path(cfg: MeowConfig, source: DataSource, which: str, logger: Logg
     split = cfg.data.full_split if which == "target" else cfg.data.retain_split
     m = cfg.model
     base = [m.name_or_path, m.family, m.dtype, m.revision]  # LoRA settings do not matter: fine-tuning is full
-    path = stage_path(cfg.cache_dir, "meow/models", base, data_identity(cfg), cfg.finetune.trainer, split,
-                      label=f"{which}-{split}")
+    path = stage_path(
+        cfg.cache_dir, "meow/models", base, data_identity(cfg), cfg.finetune.trainer, split, label=f"{which}-{split}"
+    )
     work = path.with_name(path.name + ".work")  # trainer checkpoints: a killed fine-tune resumes from here
 
     def train():
         model, tokenizer = load_lm(cfg, source)
         rows = source.load(split) + [r for s in cfg.data.extra_finetune_splits for r in source.load(s)]
         items = [encode(cfg, tokenizer, r["question"], r["answer"]) for r in rows]
-        task = Task(model=model, train_data=items, collate=partial(collate, pad_id=tokenizer.pad_token_id), loss=_sft_loss)
+        task = Task(
+            model=model, train_data=items, collate=partial(collate, pad_id=tokenizer.pad_token_id), loss=_sft_loss
+        )
         print(f"fine-tuning the {which} model on {split} ({len(items)} examples)", flush=True)
-        return fit(task, cfg.finetune.trainer, work, Prefixed(logger, f"finetune_{which}") if logger else None), tokenizer
+        return fit(
+            task, cfg.finetune.trainer, work, Prefixed(logger, f"finetune_{which}") if logger else None
+        ), tokenizer
 
     def write(tmp: Path, trained) -> None:
         result, tokenizer = trained
@@ -92,6 +105,7 @@ def finetuned_path(cfg: MeowConfig, source: DataSource, which: str, logger: Logg
 
 # ---------------------------------------------------------------- inverted facts and MEMO
 
+
 def inverted_rows(cfg: MeowConfig, source: DataSource) -> tuple[list[dict], Path]:
     """The inverted facts of the forget split: invert.path, or generated (resumed row by row) into the cache."""
     forget = source.load(cfg.data.forget_split)
@@ -99,8 +113,9 @@ def inverted_rows(cfg: MeowConfig, source: DataSource) -> tuple[list[dict], Path
         path = Path(cfg.invert.path)
     else:
         # Not run_stage: the file grows row by row, so that a failed or killed inversion resumes where it stopped.
-        path = stage_path(cfg.cache_dir, "meow/inverted", data_identity(cfg), cfg.invert, label=cfg.data.forget_split,
-                          suffix=".json")
+        path = stage_path(
+            cfg.cache_dir, "meow/inverted", data_identity(cfg), cfg.invert, label=cfg.data.forget_split, suffix=".json"
+        )
         make = get("meow.inverter", cfg.invert.generator)
         main_then_wait(lambda: invert_rows(forget, make(cfg.invert, seed=cfg.seed, cache_dir=cfg.cache_dir), path))
     rows = read_records(path, ("question", "undesired_answer"))
@@ -116,7 +131,9 @@ def given_scored_rows(cfg: MeowConfig, source: DataSource) -> list[dict]:
 
 
 def memo_path(cfg: MeowConfig, target: str, inverted: list[dict]) -> Path:
-    return stage_path(cfg.cache_dir, "meow/memo", target, inverted, cfg.memo, label=cfg.data.forget_split, suffix=".json")
+    return stage_path(
+        cfg.cache_dir, "meow/memo", target, inverted, cfg.memo, label=cfg.data.forget_split, suffix=".json"
+    )
 
 
 def score(cfg: MeowConfig, source: DataSource, target: str, rows: list[dict]) -> list[dict]:
@@ -127,8 +144,9 @@ def score(cfg: MeowConfig, source: DataSource, target: str, rows: list[dict]) ->
 
 def scored_rows(cfg: MeowConfig, source: DataSource, target: str, inverted: list[dict]) -> list[dict]:
     """Inverted facts with MEMO of every answer under the target model (a stage)."""
-    path = run_stage("MEMO", memo_path(cfg, target, inverted),
-                     lambda tmp: write_json(tmp, score(cfg, source, target, inverted)))
+    path = run_stage(
+        "MEMO", memo_path(cfg, target, inverted), lambda tmp: write_json(tmp, score(cfg, source, target, inverted))
+    )
     return json.loads(path.read_text())
 
 
@@ -170,8 +188,10 @@ def selection(cfg: MeowConfig, rows: list[dict]) -> dict[str, list[str]]:
 
 # ---------------------------------------------------------------- unlearning
 
-def build_items(method: str, forget: list[dict], retain: list[dict], selected: dict[str, list[str]] | None,
-                encode, seed: int) -> list[dict[str, Encoded]]:
+
+def build_items(
+    method: str, forget: list[dict], retain: list[dict], selected: dict[str, list[str]] | None, encode, seed: int
+) -> list[dict[str, Encoded]]:
     """Training items for `method`: one per forget row, or one per selected inverted fact for the MEOW family.
 
     Each item pairs its forget question with a retain example and a refusal drawn by a seeded generator (TOFU draws a
@@ -201,8 +221,15 @@ def collate_items(items: list[dict[str, Encoded]], pad_id: int) -> dict[str, dic
     return {key: collate([it[key] for it in items], pad_id) for key in items[0]}
 
 
-def unlearn(cfg: MeowConfig, method: str, source: DataSource, target: str, selected: dict | None, out_dir: Path,
-            logger: Logger | None = None):
+def unlearn(
+    cfg: MeowConfig,
+    method: str,
+    source: DataSource,
+    target: str,
+    selected: dict | None,
+    out_dir: Path,
+    logger: Logger | None = None,
+):
     """Unlearn the forget split from the target with `method`; returns (model, tokenizer)."""
     objective = get("meow.loss", method)
     model, tokenizer = load_lm(cfg, source, target)
@@ -214,8 +241,13 @@ def unlearn(cfg: MeowConfig, method: str, source: DataSource, target: str, selec
     def loss(m, batch):
         return objective(m, ref, batch, cfg.loss), {}
 
-    task = Task(model=model, train_data=items, collate=partial(collate_items, pad_id=tokenizer.pad_token_id),
-                loss=loss, frozen=[ref] if ref is not None else [])
+    task = Task(
+        model=model,
+        train_data=items,
+        collate=partial(collate_items, pad_id=tokenizer.pad_token_id),
+        loss=loss,
+        frozen=[ref] if ref is not None else [],
+    )
     print(f"unlearning with {method} ({len(items)} items)", flush=True)
     result = fit(task, cfg.trainer, out_dir / "train", Prefixed(logger, method) if logger else None)
 
@@ -230,14 +262,22 @@ def unlearn(cfg: MeowConfig, method: str, source: DataSource, target: str, selec
 
 # ---------------------------------------------------------------- evaluation
 
+
 def eval_splits(cfg: MeowConfig, source: DataSource) -> dict[str, list[dict]]:
     splits = {"retain": source.load("retain_perturbed"), "forget": source.load(f"{cfg.data.forget_split}_perturbed")}
     return {**splits, **{name: source.load(split) for name, split in GENERAL_SETS.items()}}
 
 
 def evaluate(cfg: MeowConfig, source: DataSource, model, tokenizer, out_dir: Path | None = None) -> dict[str, dict]:
-    return tofu_eval.evaluate(model, tokenizer, eval_splits(cfg, source), cfg.eval, family=cfg.model.family,
-                              max_length=cfg.data.max_length, out_dir=out_dir)
+    return tofu_eval.evaluate(
+        model,
+        tokenizer,
+        eval_splits(cfg, source),
+        cfg.eval,
+        family=cfg.model.family,
+        max_length=cfg.data.max_length,
+        out_dir=out_dir,
+    )
 
 
 def retain_logs(cfg: MeowConfig, source: DataSource, logger: Logger | None = None) -> dict[str, dict] | None:
@@ -245,8 +285,16 @@ def retain_logs(cfg: MeowConfig, source: DataSource, logger: Logger | None = Non
     if cfg.eval.retain_log:
         return None
     model_path = finetuned_path(cfg, source, "retain", logger)
-    path = stage_path(cfg.cache_dir, "meow/eval", model_path, cfg.data.forget_split, cfg.eval, cfg.model.family,
-                      cfg.data.max_length, label="retain")
+    path = stage_path(
+        cfg.cache_dir,
+        "meow/eval",
+        model_path,
+        cfg.data.forget_split,
+        cfg.eval,
+        cfg.model.family,
+        cfg.data.max_length,
+        label="retain",
+    )
 
     def write(tmp: Path) -> None:
         model, tokenizer = load_lm(cfg, source, model_path)

@@ -11,6 +11,7 @@ Forget quality = KS-test p-value between the forget-set R of the evaluated model
 Model utility  = harmonic mean of the nine retain / real-authors / world-facts numbers.
 Logs are written in TOFU's own layout, so TOFU's published retain-model logs can serve as the FQ reference.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,9 @@ UTILITY_SETS = ("retain", "real_authors", "world_facts")
 
 
 @torch.no_grad()
-def _per_token_nll(model, tokenizer, qa: list[tuple[str, str]], family: str, max_length: int, batch_size: int) -> list[float]:
+def _per_token_nll(
+    model, tokenizer, qa: list[tuple[str, str]], family: str, max_length: int, batch_size: int
+) -> list[float]:
     device = next(model.parameters()).device
     encoded = [encode_qa(tokenizer, family, q, a, max_length) for q, a in qa]
     order = sorted(range(len(qa)), key=lambda i: len(encoded[i].input_ids))  # similar lengths share a batch
@@ -55,7 +58,9 @@ def _per_token_nll(model, tokenizer, qa: list[tuple[str, str]], family: str, max
 _ROUGE = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
 
 
-def eval_log(model, tokenizer, rows: list[dict], base_key: str, cfg: EvalConfig, *, family: str, max_length: int) -> dict:
+def eval_log(
+    model, tokenizer, rows: list[dict], base_key: str, cfg: EvalConfig, *, family: str, max_length: int
+) -> dict:
     """One set's TOFU log: per-row losses, generated answers and ROUGE, keyed by the row index as a string."""
     rows = rows[: cfg.max_rows] if cfg.max_rows else rows
     n_pert = len(rows[0]["perturbed_answer"])
@@ -95,7 +100,11 @@ def set_metrics(name: str, log: dict) -> dict[str, float]:
     else:
         prob = true_p
     tr = np.minimum(r, 1 / r) if name == "forget" else np.maximum(0, 1 - 1 / r)
-    return {"rouge": float(_values(log, "rougeL_recall").mean()), "prob": float(prob.mean()), "truth_ratio": float(tr.mean())}
+    return {
+        "rouge": float(_values(log, "rougeL_recall").mean()),
+        "prob": float(prob.mean()),
+        "truth_ratio": float(tr.mean()),
+    }
 
 
 def forget_quality(forget_log: dict, retain_forget_log: dict) -> float:
@@ -118,13 +127,23 @@ def aggregate(logs: dict[str, dict], retain_forget_log: dict | None) -> dict[str
     return out
 
 
-def evaluate(model, tokenizer, splits: dict[str, list[dict]], cfg: EvalConfig, *, family: str, max_length: int,
-             out_dir: Path | None = None) -> dict[str, dict]:
+def evaluate(
+    model,
+    tokenizer,
+    splits: dict[str, list[dict]],
+    cfg: EvalConfig,
+    *,
+    family: str,
+    max_length: int,
+    out_dir: Path | None = None,
+) -> dict[str, dict]:
     """TOFU logs for the four sets (`splits` maps retain/real_authors/world_facts/forget to rows)."""
     was_training = model.training
     model.eval()
-    logs = {name: eval_log(model, tokenizer, splits[name], EVAL_SETS[name][1], cfg, family=family, max_length=max_length)
-            for name in EVAL_SETS}
+    logs = {
+        name: eval_log(model, tokenizer, splits[name], EVAL_SETS[name][1], cfg, family=family, max_length=max_length)
+        for name in EVAL_SETS
+    }
     model.train(was_training)
     if out_dir is not None:
         for name, log in logs.items():
@@ -138,7 +157,9 @@ def load_forget_log(path: str | Path, max_rows: int | None = None) -> dict:
     (TOFU's aggregated file) or a directory holding either."""
     path = Path(path)
     if path.is_dir():
-        path = next((p for p in (path / "eval_log_forget.json", path / "eval_log_aggregated.json") if p.is_file()), path)
+        path = next(
+            (p for p in (path / "eval_log_forget.json", path / "eval_log_aggregated.json") if p.is_file()), path
+        )
     if not path.is_file():
         raise UserError(f"{path}: retain reference log not found")
     try:
@@ -154,10 +175,15 @@ def load_forget_log(path: str | Path, max_rows: int | None = None) -> dict:
     return log
 
 
-
 # The paper's table: one row per model, from results.json's flat `<model>/<metric>` names.
-COLUMNS = {"forget quality": "forget_quality", "model utility": "model_utility", "forget ROUGE": "forget/rouge",
-           "retain ROUGE": "retain/rouge", "forget truth ratio": "forget/truth_ratio", "forget prob": "forget/prob"}
+COLUMNS = {
+    "forget quality": "forget_quality",
+    "model utility": "model_utility",
+    "forget ROUGE": "forget/rouge",
+    "retain ROUGE": "retain/rouge",
+    "forget truth ratio": "forget/truth_ratio",
+    "forget prob": "forget/prob",
+}
 
 
 def flat(results: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -169,4 +195,6 @@ def table(metrics: dict[str, float]) -> str:
     """Rows: every model with a model utility (fine-tuned, retain, each unlearning method); 4 significant digits."""
     models = [k.removesuffix("/model_utility") for k in metrics if k.endswith("/model_utility")]
     cols = [k.replace("/", "_") for k in COLUMNS.values()]
-    return markdown_table(["model", *COLUMNS], [[m, *(metrics.get(f"{m}/{c}", float("nan")) for c in cols)] for m in models])
+    return markdown_table(
+        ["model", *COLUMNS], [[m, *(metrics.get(f"{m}/{c}", float("nan")) for c in cols)] for m in models]
+    )

@@ -1,4 +1,5 @@
 """Run under torchrun: trains the toy task and saves each rank's final parameters."""
+
 import sys
 from pathlib import Path
 
@@ -9,7 +10,9 @@ from common.trainer import TrainerConfig, fit  # noqa: E402
 from tests.common.toy import flat_params, toy_task  # noqa: E402
 
 out = Path(sys.argv[1])
-cfg = TrainerConfig(epochs=3, batch_size=4, grad_accum=1, lr=0.05, optimizer="sgd", scheduler="constant", progress=False)
+cfg = TrainerConfig(
+    epochs=3, batch_size=4, grad_accum=1, lr=0.05, optimizer="sgd", scheduler="constant", progress=False
+)
 result = fit(toy_task(), cfg, out / "run")
 rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 torch.save(flat_params(result.model), out / f"params.rank{rank}.pt")

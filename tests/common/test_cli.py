@@ -23,8 +23,14 @@ def toy_conf(tmp_path):
 
 def toy(conf: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "tests.common.toy_method", str(conf), *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tests.common.toy_method", str(conf), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def methods(*args: str) -> subprocess.CompletedProcess:
@@ -47,7 +53,9 @@ def test_help_lists_commands_and_unknown_command_exits_2(toy_conf, tmp_path):
     assert proc.returncode == 0 and "train" in proc.stdout and "fit the toy regression" in proc.stdout
     proc = toy(toy_conf, "trian", cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["error: unknown command 'trian' for methods.toy; valid commands: train, eval, items"]
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown command 'trian' for methods.toy; valid commands: train, eval, items"
+    ]
 
 
 @pytest.mark.parametrize("override", ["trainer.lrr=0.1", "+trainer.lrr=0.1", "trainer.lr=fast"])
@@ -63,13 +71,25 @@ def test_user_error_keeps_what_was_written(toy_conf, tmp_path):
     run.mkdir()
     (run / "earlier.txt").write_text("keep me")
     proc = toy(toy_conf, "train", "n=0", f"hydra.run.dir={run}", cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.strip() == "error: config: n=0: must be >= 1 (examples of the toy regression)"
+    assert (
+        proc.returncode == 2
+        and proc.stderr.strip() == "error: config: n=0: must be >= 1 (examples of the toy regression)"
+    )
     assert (run / "earlier.txt").read_text() == "keep me"
     assert sorted(p.name for p in run.iterdir()) == ["earlier.txt"]  # checked before Hydra wrote .hydra/
 
 
-@pytest.mark.parametrize("override", ["+trainer.api_key=sk-secret", "+api_key=sk-secret", "trainer.batch_size=-1",
-                                      "trainer.lr=-1", "shard=2", "logger.kind=tensorboard"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "+trainer.api_key=sk-secret",
+        "+api_key=sk-secret",
+        "trainer.batch_size=-1",
+        "trainer.lr=-1",
+        "shard=2",
+        "logger.kind=tensorboard",
+    ],
+)
 def test_rejected_setting_leaves_a_finished_run_untouched(toy_conf, tmp_path, override):
     run = tmp_path / "run"
     proc = toy(toy_conf, "train", f"hydra.run.dir={run}", cwd=tmp_path)
@@ -77,7 +97,9 @@ def test_rejected_setting_leaves_a_finished_run_untouched(toy_conf, tmp_path, ov
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     proc = toy(toy_conf, "train", override, f"hydra.run.dir={run}", cwd=tmp_path)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert proc.stderr.startswith("error: config:") and "sk-secret" not in "".join(p.read_text(errors="ignore") for p in run.rglob("*") if p.is_file())
+    assert proc.stderr.startswith("error: config:") and "sk-secret" not in "".join(
+        p.read_text(errors="ignore") for p in run.rglob("*") if p.is_file()
+    )
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
@@ -86,7 +108,8 @@ def test_one_bad_item_fails_the_run_at_the_end_after_the_others(toy_conf, tmp_pa
     proc = toy(toy_conf, "items", "bad_items=1", f"hydra.run.dir={run}", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"error: items: 1 of 4 items failed: item0 (ValueError: item 0 is bad) (details: {run / 'items_summary.json'})"]
+        f"error: items: 1 of 4 items failed: item0 (ValueError: item 0 is bad) (details: {run / 'items_summary.json'})"
+    ]
     assert sorted(p.name for p in run.glob("item*.txt")) == ["item1.txt", "item2.txt", "item3.txt"]
     summary = json.loads((run / "items_summary.json").read_text())
     assert [o["status"] for o in summary] == ["failed", "done", "done", "done"]
@@ -107,26 +130,50 @@ def test_command_help_says_what_it_does_and_lists_its_keys(toy_conf, tmp_path):
 
 def test_sweep_through_the_local_launcher_runs_both_jobs(toy_conf, tmp_path):
     sweep = tmp_path / "sweep"
-    proc = toy(toy_conf, "train", "-m", "hydra/launcher=local", "trainer.lr=0.01,0.05", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = toy(
+        toy_conf,
+        "train",
+        "-m",
+        "hydra/launcher=local",
+        "trainer.lr=0.01,0.05",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = sorted(sweep.rglob("results.json"))
     assert len(results) == 2
     lrs = sorted(json.loads(r.read_text())["config"]["trainer"]["lr"] for r in results)
     assert lrs == [0.01, 0.05]
-    report = subprocess.run([sys.executable, "-m", "common.report", str(sweep)], cwd=REPO, capture_output=True, text=True)
+    report = subprocess.run(
+        [sys.executable, "-m", "common.report", str(sweep)], cwd=REPO, capture_output=True, text=True
+    )
     assert report.returncode == 0 and "trainer.lr=0.01" in report.stdout and "train_loss" in report.stdout
 
 
 def test_torchrun_ranks_share_one_run_dir(toy_conf, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-           "-m", "tests.common.toy_method", str(toy_conf), "train"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29531",
+        "-m",
+        "tests.common.toy_method",
+        str(toy_conf),
+        "train",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dirs = [p.parent for p in (tmp_path / "outputs" / "toy" / "train").rglob(".hydra")]
     assert len(run_dirs) == 1, run_dirs
     assert (run_dirs[0] / "results.json").is_file()
-    assert sorted(p.name for p in (run_dirs[0] / "checkpoints" / "last").glob("optimizer.rank*.pt")) == ["optimizer.rank0.pt", "optimizer.rank1.pt"]
+    assert sorted(p.name for p in (run_dirs[0] / "checkpoints" / "last").glob("optimizer.rank*.pt")) == [
+        "optimizer.rank0.pt",
+        "optimizer.rank1.pt",
+    ]
 
 
 def test_hydra_flags_anywhere_in_the_command(toy_conf, tmp_path):

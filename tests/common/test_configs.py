@@ -1,5 +1,6 @@
 """Every method's config, model preset and experiment preset composes and validates, without loading anything; every
 setting is declared once, documented, and the YAML holds only choices that differ from the schema."""
+
 import dataclasses
 import subprocess
 import sys
@@ -45,7 +46,9 @@ def test_experiment_presets_compose(method, experiment):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_help_lists_every_command(method):
-    proc = subprocess.run([sys.executable, "-m", f"methods.{method}", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", f"methods.{method}", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert all(name in proc.stdout for name in method_spec(method).commands)
 
@@ -77,8 +80,18 @@ def test_yaml_holds_only_choices_that_differ_from_the_schema(method):
     assert repeated(text, schema_defaults) == []
 
 
-@pytest.mark.parametrize("override", ["trainer.batch_size=-1", "trainer.lr=-1", "trainer.grad_accum=0",
-                                      "trainer.optimizer=lion", "num_shards=0", "shard=3", "+nope=1"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "trainer.batch_size=-1",
+        "trainer.lr=-1",
+        "trainer.grad_accum=0",
+        "trainer.optimizer=lion",
+        "num_shards=0",
+        "shard=3",
+        "+nope=1",
+    ],
+)
 @pytest.mark.parametrize("method", METHODS)
 def test_shared_settings_are_checked_for_every_method(method, override):
     with pytest.raises(UserError, match=r"^config: "):
@@ -87,8 +100,14 @@ def test_shared_settings_are_checked_for_every_method(method, override):
 
 @pytest.mark.parametrize("cohort", sorted(p.stem for p in (REPO / "conf" / "m4" / "cohort").glob("*.yaml")))
 def test_tcga_cohorts_set_ten_genes(cohort):
-    cfg = compose("m4", f"+m4/cohort={cohort}", "+experiment=m4/official", "data.labels_csv=labels.csv",
-                  "data.features_dir=features", paths=False)
+    cfg = compose(
+        "m4",
+        f"+m4/cohort={cohort}",
+        "+experiment=m4/official",
+        "data.labels_csv=labels.csv",
+        "data.features_dir=features",
+        paths=False,
+    )
     assert cfg.data.cohort == cohort and len(cfg.data.genes) == len(set(cfg.data.genes)) == 10
     assert cfg.trainer.epochs == 32 and cfg.mil.num_expert == 5
 

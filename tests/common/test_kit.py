@@ -1,4 +1,5 @@
 """The kit's pieces on their own: checks at composition, keys, stages, registry, module checkpoints."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -36,16 +37,22 @@ def tiny_net(width: int = 3) -> torch.nn.Module:
     return torch.nn.Linear(width, 2)
 
 
-@pytest.mark.parametrize("override,message", [
-    ({"inner": {"size": 0}}, "config: inner.size=0: must be >= 1 (a size)"),
-    ({"rate": 1.5}, "config: rate=1.5: must be <= 1 (a fraction)"),
-    ({"kind": "c"}, "config: kind='c': not one of a, b"),
-    ({"kinds": ["a", "z"]}, "config: kinds='z': not one of a, b"),
-    ({"weights": "/no/such/file.pt"}, "config: weights=/no/such/file.pt: path does not exist (a file)"),
-    ({"checkpoint": "./no/such/dir"}, "config: checkpoint=./no/such/dir: path does not exist (hub id or local dir)"),
-    ({"net": "huge"}, "config: net='huge': not one of tiny"),
-    ({"inner": {"size": "big"}}, "config: Value 'big' of type 'str' could not be converted to Integer"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ({"inner": {"size": 0}}, "config: inner.size=0: must be >= 1 (a size)"),
+        ({"rate": 1.5}, "config: rate=1.5: must be <= 1 (a fraction)"),
+        ({"kind": "c"}, "config: kind='c': not one of a, b"),
+        ({"kinds": ["a", "z"]}, "config: kinds='z': not one of a, b"),
+        ({"weights": "/no/such/file.pt"}, "config: weights=/no/such/file.pt: path does not exist (a file)"),
+        (
+            {"checkpoint": "./no/such/dir"},
+            "config: checkpoint=./no/such/dir: path does not exist (hub id or local dir)",
+        ),
+        ({"net": "huge"}, "config: net='huge': not one of tiny"),
+        ({"inner": {"size": "big"}}, "config: Value 'big' of type 'str' could not be converted to Integer"),
+    ],
+)
 def test_bad_setting_is_one_line(override, message):
     with pytest.raises(UserError) as e:
         validate(override, Demo)

@@ -1,4 +1,5 @@
 """common.lm: prompt templates, QA encoding, collate, per-sequence NLL and batched greedy decoding."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,8 +19,16 @@ CORPUS = [
 def tiny(tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = tiny_model_path("tiny-llama", tmp_path_factory.mktemp("lm"), CORPUS, hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=2, vocab_size=300)
+    path = tiny_model_path(
+        "tiny-llama",
+        tmp_path_factory.mktemp("lm"),
+        CORPUS,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        vocab_size=300,
+    )
     return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
@@ -63,7 +72,9 @@ def test_phi_boundary_merge_masks_like_tofu(tiny):
     enc = encode_qa(tok, "phi", "What does Bo write?", "Bo writes mystery novels.")
     n_prompt = len(tok("Question: What does Bo write?\nAnswer: ")["input_ids"])
     assert enc.labels[:n_prompt] == [IGNORE] * n_prompt
-    assert enc.input_ids == tok("Question: What does Bo write?\nAnswer: Bo writes mystery novels.")["input_ids"] + [tok.eos_token_id]
+    assert enc.input_ids == tok("Question: What does Bo write?\nAnswer: Bo writes mystery novels.")["input_ids"] + [
+        tok.eos_token_id
+    ]
     assert enc.labels[n_prompt:] == enc.input_ids[n_prompt:]
     learned = tok.decode([t for t in enc.labels if t != IGNORE], skip_special_tokens=True)
     assert learned.strip() == "writes mystery novels."  # "ĠBo" straddles the boundary and is masked
@@ -83,14 +94,17 @@ def test_collate_pads_right_and_masks(tiny):
 
 def test_sequence_nll_matches_hf_loss_per_sequence(tiny):
     model, tok = tiny
-    items = [encode_qa(tok, "llama2", "Where was Ada born?", "Lisbon, by the sea."), encode_qa(tok, "llama2", "Who?", "Bo.")]
+    items = [
+        encode_qa(tok, "llama2", "Where was Ada born?", "Lisbon, by the sea."),
+        encode_qa(tok, "llama2", "Who?", "Bo."),
+    ]
     batch = collate(items, tok.pad_token_id)
     with torch.no_grad():
         nll, count, _ = sequence_nll(model, batch)
         for i, e in enumerate(items):
             ids = torch.tensor([e.input_ids])
             hf = model(input_ids=ids, labels=torch.tensor([e.labels])).loss  # token mean of one unpadded sequence
-            assert count[i].item() == sum(l != IGNORE for l in e.labels[1:])
+            assert count[i].item() == sum(label != IGNORE for label in e.labels[1:])
             assert nll[i].item() / count[i].item() == pytest.approx(hf.item(), rel=1e-4)
 
 

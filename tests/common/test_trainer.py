@@ -94,11 +94,24 @@ def test_best_checkpoint_is_loaded_back(tmp_path):
 
 def test_ddp_two_processes_match_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           str(REPO / "tests/common/ddp_worker.py"), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        str(REPO / "tests/common/ddp_worker.py"),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"params.rank{r}.pt", weights_only=True) for r in (0, 1))
     torch.testing.assert_close(rank0, rank1, rtol=0, atol=0)
-    single = fit(toy_task(), TrainerConfig(epochs=3, batch_size=8, lr=0.05, optimizer="sgd", scheduler="constant", progress=False), tmp_path / "single").model
+    single = fit(
+        toy_task(),
+        TrainerConfig(epochs=3, batch_size=8, lr=0.05, optimizer="sgd", scheduler="constant", progress=False),
+        tmp_path / "single",
+    ).model
     torch.testing.assert_close(rank0, flat_params(single), rtol=1e-5, atol=1e-6)

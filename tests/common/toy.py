@@ -1,4 +1,5 @@
 """A small regression task shared by the trainer tests and the DDP worker script."""
+
 from __future__ import annotations
 
 import torch
@@ -15,7 +16,9 @@ def toy_data(n: int = 40, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tenso
 
 def toy_model(dropout: float = 0.0) -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Dropout(dropout), torch.nn.Linear(16, 1))
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Dropout(dropout), torch.nn.Linear(16, 1)
+    )
 
 
 def collate(items: list) -> tuple[torch.Tensor, torch.Tensor]:

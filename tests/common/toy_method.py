@@ -3,6 +3,7 @@
 Run as `python -m tests.common.toy_method <conf dir> <command> ...`. What the sweep jobs need is imported from
 this module under its own name, as a real method's __main__ imports its commands, so submitit pickles by reference.
 """
+
 import sys
 from dataclasses import dataclass
 from pathlib import Path

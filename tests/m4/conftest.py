@@ -1,5 +1,6 @@
 """Shared fixtures for the M4 tests: tiny synthetic slides made once per session, a small random backbone, and
 helpers to tile in process and run the CLI."""
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,9 @@ HEIGHT, WIDTH = 512, 768
 
 
 # The synthetic demo's backbone (random ResNet-18, 512-d) at a small input size, in the main process.
-FAST = ExtractConfig(backbone="resnet18", weights="random", allow_random_weights=True, input_size=32, batch_size=4, num_workers=0)
+FAST = ExtractConfig(
+    backbone="resnet18", weights="random", allow_random_weights=True, input_size=32, batch_size=4, num_workers=0
+)
 
 
 def cli_env() -> dict[str, str]:
@@ -28,8 +31,14 @@ def cli_env() -> dict[str, str]:
 
 
 def run_cli(*args: str, timeout: int = 600, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "methods.m4", *args], cwd=cwd, env=cli_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "methods.m4", *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def tile_into(slides: list[Path], patches_dir: Path, **params) -> dict[str, np.ndarray]:

@@ -1,4 +1,5 @@
 """`python -m methods.m4 <command>` end to end: bad slides in tile/extract, features made elsewhere, the synthetic demo."""
+
 from __future__ import annotations
 
 import json
@@ -28,21 +29,37 @@ def test_corrupt_and_blank_slides_are_reported_while_the_others_finish(cohort, t
     (mixed / "truncated.tiff").write_bytes(data[: len(data) // 2])  # a download cut in half
     corrupt_level0_tiles(good[0], mixed / "badtiles.tiff")  # opens and tiles, its level-0 tiles cannot be decoded
     write_pyramid_tiff(mixed / "blank.tiff", render_slide((0, 0, 0, 0), HEIGHT, WIDTH, seed=5, tissue=False))
-    common = [f"data.slides_dir={mixed}", f"data.work_dir={tmp_path / 'work'}", "extract.input_size=32", "extract.num_workers=0"]
+    common = [
+        f"data.slides_dir={mixed}",
+        f"data.work_dir={tmp_path / 'work'}",
+        "extract.input_size=32",
+        "extract.num_workers=0",
+    ]
     paths = cohort_paths(compose("m4", *common))
 
     proc = run_cli("tile", *common, f"hydra.run.dir={tmp_path / 'tile'}", timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.count("\n") == 1  # one line
-    assert proc.stderr.startswith("error: tile: 2 of 6 items failed") and "garbage" in proc.stderr and "truncated" in proc.stderr
+    assert (
+        proc.stderr.startswith("error: tile: 2 of 6 items failed")
+        and "garbage" in proc.stderr
+        and "truncated" in proc.stderr
+    )
     summary = {r["item"]: r for r in json.loads((tmp_path / "tile" / "tile_summary.json").read_text())}
     assert {k: v["status"] for k, v in summary.items()} == {
-        good[0].stem: "done", good[1].stem: "done", "badtiles": "done", "blank": "empty", "garbage": "failed",
-        "truncated": "failed"}
+        good[0].stem: "done",
+        good[1].stem: "done",
+        "badtiles": "done",
+        "blank": "empty",
+        "garbage": "failed",
+        "truncated": "failed",
+    }
     assert summary["blank"]["count"] == 0
     assert "blank: no tissue" in proc.stdout and "WARNING" in proc.stdout  # recorded with a warning, not a crash
     assert "tile: 3 done, 0 skipped, 1 empty, 2 failed" in proc.stdout
-    assert sorted(p.stem for p in paths.patches_dir.glob("*.h5")) == sorted([good[0].stem, good[1].stem, "badtiles", "blank"])
+    assert sorted(p.stem for p in paths.patches_dir.glob("*.h5")) == sorted(
+        [good[0].stem, good[1].stem, "badtiles", "blank"]
+    )
 
     proc = run_cli("extract", *common, f"hydra.run.dir={tmp_path / 'extract'}", timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -50,8 +67,13 @@ def test_corrupt_and_blank_slides_are_reported_while_the_others_finish(cohort, t
     assert last.startswith("error: extract: 3 of 6 items failed") and "badtiles" in last and "garbage" in last
     summary = {r["item"]: r for r in json.loads((tmp_path / "extract" / "extract_summary.json").read_text())}
     assert {k: v["status"] for k, v in summary.items()} == {
-        good[0].stem: "done", good[1].stem: "done", "badtiles": "failed", "blank": "empty", "garbage": "failed",
-        "truncated": "failed"}
+        good[0].stem: "done",
+        good[1].stem: "done",
+        "badtiles": "failed",
+        "blank": "empty",
+        "garbage": "failed",
+        "truncated": "failed",
+    }
     assert "run tile first" in summary["garbage"]["message"]
     assert "Error" in summary["badtiles"]["message"]
     features = paths.features_dir
@@ -79,9 +101,19 @@ def _external_features(root, n_patients=10, dim=16):
 def test_train_on_features_made_elsewhere_with_a_one_class_gene(tmp_path):
     features, labels, rows = _external_features(tmp_path)
     run = tmp_path / "run"
-    proc = run_cli("train", f"data.features_dir={features}", f"data.labels_csv={labels}", "train.models=[m4,amil]",
-                   "train.n_splits=1", "trainer.epochs=1", "mil.num_expert=2", "mil.hidden=32",
-                   f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}", timeout=300)
+    proc = run_cli(
+        "train",
+        f"data.features_dir={features}",
+        f"data.labels_csv={labels}",
+        "train.models=[m4,amil]",
+        "train.n_splits=1",
+        "trainer.epochs=1",
+        "mil.num_expert=2",
+        "mil.hidden=32",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run}",
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "note: m4 split0: B: only class 0" in proc.stdout and "AUC undefined" in proc.stdout
     metrics = json.loads((run / "results.json").read_text())["metrics"]
@@ -101,11 +133,22 @@ def test_train_on_features_made_elsewhere_with_a_one_class_gene(tmp_path):
 def test_labels_naming_slides_without_features_stop_with_one_error(tmp_path):
     features, labels, _ = _external_features(tmp_path, n_patients=6)
     df = pd.read_csv(labels)
-    extra = pd.DataFrame([{"case_id": "X1", "slide_id": "GHOST-1", "A": 1, "B": 0},
-                          {"case_id": "X2", "slide_id": "GHOST-2", "A": 0, "B": 0}])
+    extra = pd.DataFrame(
+        [
+            {"case_id": "X1", "slide_id": "GHOST-1", "A": 1, "B": 0},
+            {"case_id": "X2", "slide_id": "GHOST-2", "A": 0, "B": 0},
+        ]
+    )
     pd.concat([df, extra]).to_csv(labels, index=False)
-    proc = run_cli("train", f"data.features_dir={features}", f"data.labels_csv={labels}", "train.models=[m4]",
-                   f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", timeout=300)
+    proc = run_cli(
+        "train",
+        f"data.features_dir={features}",
+        f"data.labels_csv={labels}",
+        "train.models=[m4]",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1
     assert proc.stderr.startswith("error: 2 labelled slides have no features")
@@ -114,9 +157,16 @@ def test_labels_naming_slides_without_features_stop_with_one_error(tmp_path):
 
 
 def test_train_eval_heatmap_end_to_end(tmp_path):
-    small = [f"cache_dir={tmp_path / 'cache'}", "synthetic.n_patients=12", f"synthetic.height={HEIGHT}",
-             f"synthetic.width={WIDTH}", "extract.input_size=32", "extract.num_workers=0", "trainer.epochs=2",
-             "train.n_splits=2"]
+    small = [
+        f"cache_dir={tmp_path / 'cache'}",
+        "synthetic.n_patients=12",
+        f"synthetic.height={HEIGHT}",
+        f"synthetic.width={WIDTH}",
+        "extract.input_size=32",
+        "extract.num_workers=0",
+        "trainer.epochs=2",
+        "train.n_splits=2",
+    ]
     run = tmp_path / "train"
     proc = run_cli("train", *small, f"hydra.run.dir={run}")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -147,4 +197,3 @@ def test_train_eval_heatmap_end_to_end(tmp_path):
     pngs = sorted((tmp_path / "heatmap").glob("*.png"))
     assert len(pngs) == 2 * len(genes)  # max_slides=2 test slides, one PNG per gene
     assert {p.name.rsplit("_", 1)[1] for p in pngs} == {f"{g}.png" for g in genes}
-

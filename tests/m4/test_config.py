@@ -1,5 +1,6 @@
 """Settings: declared once with their checks, presets and cohorts that compose, caches keyed by what changes them, bad
 values caught in one line before anything is written, help for every command."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,17 +20,27 @@ def test_demo_and_presets_compose_to_the_papers_setting():
     assert (paper.extract.backbone, paper.extract.weights, paper.extract.input_size) == ("retccl", "hub", 256)
     assert (paper.mil.num_expert, paper.mil.hidden, paper.train.n_splits) == (5, 512, 5)
     t = paper.trainer
-    assert (t.epochs, t.lr, t.weight_decay, t.optimizer, t.scheduler, t.batch_size) == (32, 1e-4, 4e-5, "adam", "cosine_with_min_lr", 1)
+    assert (t.epochs, t.lr, t.weight_decay, t.optimizer, t.scheduler, t.batch_size) == (
+        32,
+        1e-4,
+        4e-5,
+        "adam",
+        "cosine_with_min_lr",
+        1,
+    )
     assert t.scheduler_kwargs == {"min_lr_rate": 0.1} and t.max_grad_norm == 0 and t.seed == 7
     assert compose("m4", "+experiment=m4/kfold").train.protocol == "kfold"
 
 
-@pytest.mark.parametrize("section, message", [
-    (MilConfig(hidden=30), "mil.hidden=30 must split into 4 proxy segments"),
-    (TrainConfig(val_size=1.0), "train.val_size=1.0 must be in (0, 1)"),
-    (TrainConfig(protocol="kfold", n_splits=1), "kfold needs at least 2 folds"),
-    (DataConfig(slides_dir="."), "data.slides_dir is set but not data.work_dir"),
-])
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        (MilConfig(hidden=30), "mil.hidden=30 must split into 4 proxy segments"),
+        (TrainConfig(val_size=1.0), "train.val_size=1.0 must be in (0, 1)"),
+        (TrainConfig(protocol="kfold", n_splits=1), "kfold needs at least 2 folds"),
+        (DataConfig(slides_dir="."), "data.slides_dir is set but not data.work_dir"),
+    ],
+)
 def test_cross_field_checks(section, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         check(section)
@@ -59,28 +70,44 @@ def test_tile_and_extract_settings_key_their_caches(tmp_path):
     assert paths(f"data.features_dir={given}").features_dir == given  # used as it is
 
 
-@pytest.mark.parametrize("override, message", [
-    ("extract.batch_size=-1", "extract.batch_size=-1: must be >= 1"),
-    ("extract.num_workers=-1", "extract.num_workers=-1: must be >= 0"),
-    ("trainer.lr=-1", "trainer.lr=-1.0: must be > 0"),
-    ("tile.overlap=256", "tile.overlap=256 must be smaller than tile.patch_size=256"),
-    ("train.models=[m4,nope]", "train.models='nope': not one of m4, mmoe, amil"),
-    ("data.slides_dir=/does/not/exist", "data.slides_dir=/does/not/exist: path does not exist"),
-    ("model.hidden=64", "Could not override 'model.hidden'"),  # the MIL architecture is `mil:`
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("extract.batch_size=-1", "extract.batch_size=-1: must be >= 1"),
+        ("extract.num_workers=-1", "extract.num_workers=-1: must be >= 0"),
+        ("trainer.lr=-1", "trainer.lr=-1.0: must be > 0"),
+        ("tile.overlap=256", "tile.overlap=256 must be smaller than tile.patch_size=256"),
+        ("train.models=[m4,nope]", "train.models='nope': not one of m4, mmoe, amil"),
+        ("data.slides_dir=/does/not/exist", "data.slides_dir=/does/not/exist: path does not exist"),
+        ("model.hidden=64", "Could not override 'model.hidden'"),  # the MIL architecture is `mil:`
+    ],
+)
 def test_bad_settings_are_one_line_before_anything_is_written(tmp_path, override, message):
     run, work, cache = tmp_path / "run", tmp_path / "work", tmp_path / "cache"
-    proc = run_cli("train", override, f"data.work_dir={work}", f"cache_dir={cache}", f"hydra.run.dir={run}",
-                   cwd=tmp_path, timeout=120)
+    proc = run_cli(
+        "train",
+        override,
+        f"data.work_dir={work}",
+        f"cache_dir={cache}",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: config: {message}") and proc.stderr.count("\n") == 1, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no run dir (.hydra/ included), work dir or cache
 
 
-@pytest.mark.parametrize("command, key", [
-    ("tile", "tile.patch_size=256"), ("extract", "extract.batch_size=64"), ("train", "mil.num_expert=5"),
-    ("eval", "eval.run_dir=None"), ("heatmap", "heatmap.model=m4"),
-])
+@pytest.mark.parametrize(
+    "command, key",
+    [
+        ("tile", "tile.patch_size=256"),
+        ("extract", "extract.batch_size=64"),
+        ("train", "mil.num_expert=5"),
+        ("eval", "eval.run_dir=None"),
+        ("heatmap", "heatmap.model=m4"),
+    ],
+)
 def test_every_command_has_help(tmp_path, command, key):
     from methods.m4.__main__ import COMMANDS
 

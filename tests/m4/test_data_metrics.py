@@ -1,4 +1,5 @@
 """Labels in the official CSV layout, patient-level splits, per-gene metrics."""
+
 from __future__ import annotations
 
 import math
@@ -58,7 +59,9 @@ def test_official_splits_follow_sklearn_as_the_official_code():
     from sklearn.model_selection import train_test_split
 
     case_ids = [f"P{i:02d}" for i in range(20) for _ in range(1 + i % 2)]
-    labels = m4data.Labels(case_ids, [f"{c}-{k}" for k, c in enumerate(case_ids)], ["G"], np.zeros((len(case_ids), 1), np.float32))
+    labels = m4data.Labels(
+        case_ids, [f"{c}-{k}" for k, c in enumerate(case_ids)], ["G"], np.zeros((len(case_ids), 1), np.float32)
+    )
     unique = list(dict.fromkeys(case_ids))
     train_val, test = train_test_split(unique, test_size=0.2, random_state=42)
     for i, split in enumerate(m4data.official_splits(labels, n_splits=3)):
@@ -181,7 +184,9 @@ def test_bag_dataset_and_collate(tmp_path):
 def test_one_class_gene_gives_nan_auc_and_a_note():
     metrics, note = binary_metrics(np.zeros(6), np.linspace(0.1, 0.9, 6))
     assert math.isnan(metrics["auc"]) and "AUC undefined" in note and "only class 0" in note
-    assert metrics["spec"] == pytest.approx(3 / 6) and math.isnan(metrics["sens"]) and metrics["acc"] == pytest.approx(0.5)
+    assert (
+        metrics["spec"] == pytest.approx(3 / 6) and math.isnan(metrics["sens"]) and metrics["acc"] == pytest.approx(0.5)
+    )
     metrics, note = binary_metrics(np.ones(4), np.array([0.9, 0.8, 0.2, 0.7]))
     assert math.isnan(metrics["auc"]) and "only class 1" in note and metrics["sens"] == pytest.approx(0.75)
 
@@ -203,7 +208,9 @@ def test_gene_table_notes_and_summary_skip_nan():
     table, notes = gene_table(y, p, ["A", "B"])
     assert table["A"]["auc"] == pytest.approx(1.0) and math.isnan(table["B"]["auc"])
     assert len(notes) == 1 and notes[0].startswith("B: only class 1")
-    other, _ = gene_table(np.array([[0, 0], [1, 1]], np.float32), np.array([[0.6, 0.2], [0.4, 0.9]], np.float32), ["A", "B"])
+    other, _ = gene_table(
+        np.array([[0, 0], [1, 1]], np.float32), np.array([[0.6, 0.2], [0.4, 0.9]], np.float32), ["A", "B"]
+    )
     out = summarize([table, other], "m4/test")
     assert out["m4/test/A/auc_mean"] == pytest.approx(0.5) and out["m4/test/A/auc_std"] == pytest.approx(0.5)
     assert out["m4/test/B/auc_mean"] == pytest.approx(1.0)  # the NaN split is skipped
@@ -212,11 +219,26 @@ def test_gene_table_notes_and_summary_skip_nan():
 
 
 def test_auc_table_is_gene_by_model_with_a_mean_row():
-    metrics = {"m4/train_seconds": 3.0, "m4/test/A/auc_mean": 0.75, "m4/test/A/auc_std": 0.05, "m4/test/A/f1_mean": 0.5,
-               "m4/test/B/auc_mean": math.nan, "m4/test/B/auc_std": math.nan,
-               "m4/test/mean/auc_mean": 0.75, "m4/test/mean/auc_std": 0.05,
-               "amil/test/A/auc_mean": 0.6, "amil/test/A/auc_std": 0.1, "amil/test/mean/auc_mean": 0.6, "amil/test/mean/auc_std": 0.1}
+    metrics = {
+        "m4/train_seconds": 3.0,
+        "m4/test/A/auc_mean": 0.75,
+        "m4/test/A/auc_std": 0.05,
+        "m4/test/A/f1_mean": 0.5,
+        "m4/test/B/auc_mean": math.nan,
+        "m4/test/B/auc_std": math.nan,
+        "m4/test/mean/auc_mean": 0.75,
+        "m4/test/mean/auc_std": 0.05,
+        "amil/test/A/auc_mean": 0.6,
+        "amil/test/A/auc_std": 0.1,
+        "amil/test/mean/auc_mean": 0.6,
+        "amil/test/mean/auc_std": 0.1,
+    }
     lines = auc_table(metrics).splitlines()
     assert lines[0] == "per-gene test AUC, mean ± std over splits"
-    assert lines[2:] == ["| gene | m4 | amil |", "|---|---|---|", "| A | 0.75 ± 0.05 | 0.6 ± 0.1 |", "| B |  |  |",
-                         "| mean | 0.75 ± 0.05 | 0.6 ± 0.1 |"]
+    assert lines[2:] == [
+        "| gene | m4 | amil |",
+        "|---|---|---|",
+        "| A | 0.75 ± 0.05 | 0.6 ± 0.1 |",
+        "| B |  |  |",
+        "| mean | 0.75 ± 0.05 | 0.6 ± 0.1 |",
+    ]

@@ -1,4 +1,5 @@
 """Feature extraction: CLAM/TRIDENT output layout, reading patches at the right level, resume after a kill, bad slides."""
+
 from __future__ import annotations
 
 import json
@@ -83,11 +84,17 @@ def test_features_made_elsewhere_load(tmp_path):
 def test_extraction_is_the_same_with_parallel_workers(extracted, backbone, tmp_path):
     slides, patches, features, _ = extracted
     jobs, _ = m4extract.plan_jobs(slides, patches, tmp_path / "f")
-    outcomes = m4extract.extract(jobs, backbone, tmp_path / "f", replace(FAST, num_workers=2, batch_size=3), progress=False)
+    outcomes = m4extract.extract(
+        jobs, backbone, tmp_path / "f", replace(FAST, num_workers=2, batch_size=3), progress=False
+    )
     assert sorted(o.status for o in outcomes) == ["done"] * 3
     for p in slides:
-        torch.testing.assert_close(m4extract.load_features(tmp_path / "f", p.stem),
-                                   m4extract.load_features(features, p.stem), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            m4extract.load_features(tmp_path / "f", p.stem),
+            m4extract.load_features(features, p.stem),
+            rtol=1e-4,
+            atol=1e-5,
+        )
 
 
 def test_patches_are_read_from_the_right_level_of_a_40x_slide(slide40, tmp_path):
@@ -125,7 +132,9 @@ def test_backbone_errors_are_one_line_user_errors(tmp_path):
         m4extract.build_backbone(ExtractConfig(backbone="retccl", weights="hub"))
     with pytest.raises(UserError, match="not found"):
         m4extract.build_backbone(ExtractConfig(backbone="resnet18", weights=str(tmp_path / "missing.pth")))
-    with pytest.raises(UserError, match="neither hub, random nor an existing file"):  # caught when the config is composed
+    with pytest.raises(
+        UserError, match="neither hub, random nor an existing file"
+    ):  # caught when the config is composed
         check(ExtractConfig(weights=str(tmp_path / "missing.pth")))
 
 
@@ -143,7 +152,9 @@ def test_truncated_backbone_and_local_weights(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(bb.model(x), ref.eval()(x))
     with pytest.warns(UserWarning):
-        trunc = m4extract.build_backbone(ExtractConfig(backbone="resnet18_trunc", weights="random", allow_random_weights=True))
+        trunc = m4extract.build_backbone(
+            ExtractConfig(backbone="resnet18_trunc", weights="random", allow_random_weights=True)
+        )
     assert trunc.dim == 256
 
 
@@ -180,8 +191,9 @@ def test_resume_redoes_half_written_slides_and_skips_complete_ones(extracted, ba
     assert not leftovers(features)
     for p in slides:
         assert m4extract.is_done(features, p.stem)
-        torch.testing.assert_close(m4extract.load_features(features, p.stem), m4extract.load_features(original, p.stem),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            m4extract.load_features(features, p.stem), m4extract.load_features(original, p.stem), rtol=1e-4, atol=1e-5
+        )
     # A second run finds everything done.
     jobs, outcomes = m4extract.plan_jobs(slides, patches, features)
     assert jobs == [] and [o.status for o in outcomes] == ["skipped"] * 3
@@ -224,8 +236,14 @@ def test_extract_command_resumes_after_sigkill(cohort, tmp_path):
     slides_dir, _ = cohort
     sub = tmp_path / "slides"
     sub.mkdir()
-    args = ["extract", f"data.slides_dir={sub}", f"data.work_dir={tmp_path / 'work'}", "extract.input_size=32",
-            "extract.num_workers=0", "extract.batch_size=4"]
+    args = [
+        "extract",
+        f"data.slides_dir={sub}",
+        f"data.work_dir={tmp_path / 'work'}",
+        "extract.input_size=32",
+        "extract.num_workers=0",
+        "extract.batch_size=4",
+    ]
     paths = cohort_paths(compose("m4", *args[1:]))
     features = paths.features_dir
     candidates = sorted(slides_dir.glob("*.tiff"))[:5]
@@ -241,8 +259,13 @@ def test_extract_command_resumes_after_sigkill(cohort, tmp_path):
     wrapper.write_text(KILL_WRAPPER)
     marker = tmp_path / "marker"
     log = (tmp_path / "killed.log").open("w")
-    proc = subprocess.Popen([sys.executable, str(wrapper), *args, f"hydra.run.dir={tmp_path / 'run1'}"], cwd=REPO,
-                            env={**cli_env(), "M4_TEST_MARKER": str(marker)}, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, str(wrapper), *args, f"hydra.run.dir={tmp_path / 'run1'}"],
+        cwd=REPO,
+        env={**cli_env(), "M4_TEST_MARKER": str(marker)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.time() + 240
         while not marker.exists():
@@ -258,8 +281,14 @@ def test_extract_command_resumes_after_sigkill(cohort, tmp_path):
     assert leftovers(features)  # the half-written .h5 of the second slide
     stamps = [p.stat().st_mtime_ns for p in m4extract.output_paths(features, first)]
 
-    done = subprocess.run([sys.executable, "-m", "methods.m4", *args, f"hydra.run.dir={tmp_path / 'run2'}"], cwd=REPO,
-                          env=cli_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "methods.m4", *args, f"hydra.run.dir={tmp_path / 'run2'}"],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = {r["item"]: r["status"] for r in json.loads((tmp_path / "run2" / "extract_summary.json").read_text())}
     assert summary[first] == "skipped"
@@ -344,8 +373,15 @@ def test_shards_split_the_slides_and_together_cover_them(extracted, tmp_path):
         os.symlink(p, sub / p.name)
     seen = []
     for shard in (0, 1):
-        cfg = compose("m4", f"data.slides_dir={sub}", f"data.work_dir={tmp_path / 'work'}", "extract.input_size=32",
-                      "extract.num_workers=0", f"shard={shard}", "num_shards=2")
+        cfg = compose(
+            "m4",
+            f"data.slides_dir={sub}",
+            f"data.work_dir={tmp_path / 'work'}",
+            "extract.input_size=32",
+            "extract.num_workers=0",
+            f"shard={shard}",
+            "num_shards=2",
+        )
         paths = cohort_paths(cfg)
         if shard == 0:
             shutil.copytree(patches, paths.patches_dir)

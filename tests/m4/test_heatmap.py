@@ -1,4 +1,5 @@
 """Attention heatmaps over the slide thumbnail, from our coordinates and from CLAM's."""
+
 from __future__ import annotations
 
 import os

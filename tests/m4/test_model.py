@@ -1,4 +1,5 @@
 """M4, MMoE and the single-task ABMIL against the official code: parameter counts, shapes, gates, the batched experts."""
+
 from __future__ import annotations
 
 import math
@@ -231,7 +232,9 @@ def test_mmoe_matches_the_official_forward():
             a = torch.softmax(net.attention_c(net.attention_a(h) * net.attention_b(h)).T, dim=1)
             pooled.append((a @ h)[0])
         pooled = torch.stack(pooled)
-        expected = torch.cat([tower(gate(x.mean(0)) @ pooled) for tower, gate in zip(model.towers, model.gate1, strict=True)])
+        expected = torch.cat(
+            [tower(gate(x.mean(0)) @ pooled) for tower, gate in zip(model.towers, model.gate1, strict=True)]
+        )
         torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-12)
 
 

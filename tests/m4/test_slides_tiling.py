@@ -1,4 +1,5 @@
 """Synthetic slides through OpenSlide, tissue segmentation and the patch grid at a target resolution (20x from 40x)."""
+
 from __future__ import annotations
 
 import csv
@@ -128,7 +129,9 @@ def test_read_plan_from_objective_power_or_override():
 def test_tiling_at_20x_from_a_40x_level0(slide40):
     path, rgb = slide40
     result = tile_slide(path, TileConfig(patch_size=256, target_mpp=0.5))
-    assert result.plan == ReadPlan(level=1, read_size=256, size_level0=512, step_level0=512, level0_mpp=0.25, target_mpp=0.5)
+    assert result.plan == ReadPlan(
+        level=1, read_size=256, size_level0=512, step_level0=512, level0_mpp=0.25, target_mpp=0.5
+    )
     coords = result.coords
     assert coords.dtype == np.int64 and coords.ndim == 2 and coords.shape[1] == 2 and len(coords) >= 2
     assert (coords % 512 == 0).all()  # a grid in level-0 pixels with a 512 px step
@@ -170,7 +173,15 @@ def test_clam_compatible_coords_file(slide40, tmp_path):
         np.testing.assert_array_equal(ds[:], result.coords)
         a = dict(ds.attrs)
     # CLAM's attributes ...
-    assert {"patch_size", "patch_level", "downsample", "downsampled_level_dim", "level_dim", "name", "save_path"} <= set(a)
+    assert {
+        "patch_size",
+        "patch_level",
+        "downsample",
+        "downsampled_level_dim",
+        "level_dim",
+        "name",
+        "save_path",
+    } <= set(a)
     assert (a["patch_size"], a["patch_level"]) == (256, 1)
     np.testing.assert_allclose(a["downsample"], [2.0, 2.0])
     np.testing.assert_array_equal(a["level_dim"], [768, 512])
@@ -212,9 +223,18 @@ def test_aperio_40x_with_objective_power_only(slide40, tmp_path):
     with tifffile.TiffWriter(path) as tif:
         level = rgb
         for i in range(3):
-            desc = f"Aperio Image Library v12.0.0\r\n{w}x{h} [0,0 {w}x{h}] (256x256) RAW|AppMag = 40" if i == 0 else None
-            tif.write(level, photometric="rgb", tile=(256, 256), compression="zlib", description=desc, metadata=None,
-                      subfiletype=0 if i == 0 else 1)
+            desc = (
+                f"Aperio Image Library v12.0.0\r\n{w}x{h} [0,0 {w}x{h}] (256x256) RAW|AppMag = 40" if i == 0 else None
+            )
+            tif.write(
+                level,
+                photometric="rgb",
+                tile=(256, 256),
+                compression="zlib",
+                description=desc,
+                metadata=None,
+                subfiletype=0 if i == 0 else 1,
+            )
             level = _halve(level)
     assert openslide.OpenSlide.detect_format(str(path)) == "aperio"
     result = tile_slide(path, TileConfig(target_magnification=20))

@@ -1,4 +1,5 @@
 """Shared fixtures: the composed MEOW config and one fine-tuned tiny target model per test session."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """The CLI: a bad setting is one `error:` line and exit 2 before anything is written; `<command> --help` for every
 command explains it without doing any work."""
+
 from __future__ import annotations
 
 import os
@@ -18,14 +19,25 @@ REPO = Path(__file__).resolve().parents[2]
 
 def meow(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "methods.meow", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "methods.meow", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
-@pytest.mark.parametrize("override", [
-    "trainer.batch_size=-1", "finetune.trainer.batch_size=0", "finetune.target=/does/not/exist", "trainer.lr=-1",
-    "method=nope", "compare=[ga,nope]", "invert.generator=nope", "+invert.api_key=sk-x", "memo.stride=0",
-])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "trainer.batch_size=-1",
+        "finetune.trainer.batch_size=0",
+        "finetune.target=/does/not/exist",
+        "trainer.lr=-1",
+        "method=nope",
+        "compare=[ga,nope]",
+        "invert.generator=nope",
+        "+invert.api_key=sk-x",
+        "memo.stride=0",
+    ],
+)
 def test_bad_setting_is_one_line_exit_2_and_writes_nothing(tmp_path, override):
     proc = meow("train", override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -1,4 +1,5 @@
 """The synthetic TOFU generator and split loading."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,9 @@ def test_splits_have_tofu_structure():
     for pct, n in ((1, 1), (5, 5), (10, 10)):
         assert s[f"forget{pct:02d}"] == s["full"][-n:]  # the forget authors are the last rows of full
         assert s[f"retain{100 - pct}"] + s[f"forget{pct:02d}"] == s["full"]
-        assert [r["question"] for r in s[f"forget{pct:02d}_perturbed"]] == [r["question"] for r in s[f"forget{pct:02d}"]]
+        assert [r["question"] for r in s[f"forget{pct:02d}_perturbed"]] == [
+            r["question"] for r in s[f"forget{pct:02d}"]
+        ]
         assert len(s[f"holdout{pct:02d}"]) == n
         assert not {r["question"] for r in s[f"holdout{pct:02d}"]} & {r["question"] for r in s["full"]}
     for row in s["forget10_perturbed"] + s["retain_perturbed"]:

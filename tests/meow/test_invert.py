@@ -1,4 +1,5 @@
 """Inverted-fact generation: template, resume, an OpenAI-compatible endpoint on loopback, and bad input."""
+
 from __future__ import annotations
 
 import json
@@ -55,7 +56,10 @@ def test_template_rows_in_release_layout_and_resume(tmp_path):
     gen = template_generator(InvertConfig(n=3))
     first = invert_rows(FORGET[:2], gen, out)
     assert [r["question"] for r in first] == [r["question"] for r in FORGET[:2]]
-    assert all(r["undesired_answer"] == f["answer"] and {"answer_0", "answer_1", "answer_2"} <= set(r) for r, f in zip(first, FORGET[:2], strict=True))
+    assert all(
+        r["undesired_answer"] == f["answer"] and {"answer_0", "answer_1", "answer_2"} <= set(r)
+        for r, f in zip(first, FORGET[:2], strict=True)
+    )
     calls = []
     resumed = invert_rows(FORGET, lambda q, a: calls.append(q) or gen(q, a), out)
     assert calls == [r["question"] for r in FORGET[2:]]  # finished rows are not generated again
@@ -104,7 +108,9 @@ def test_client_errors_are_not_retried(tmp_path):
 def test_questions_not_matching_the_forget_split_are_refused(tmp_path):
     rows = invert_rows(FORGET, template_generator(InvertConfig()), tmp_path / "inv.json")
     check_matches_forget(rows, FORGET, "inv.json")
-    with pytest.raises(UserError, match=r"inv\.json: inverted facts do not match the forget split \(1 questions not in it"):
+    with pytest.raises(
+        UserError, match=r"inv\.json: inverted facts do not match the forget split \(1 questions not in it"
+    ):
         check_matches_forget(rows[:3] + [{**rows[3], "question": "Who is Nobody?"}], FORGET, "inv.json")
     with pytest.raises(UserError, match="1 of its 4 questions missing"):
         check_matches_forget(rows[:3], FORGET, "inv.json")

@@ -1,4 +1,5 @@
 """Each unlearning loss on a tiny batch against its formula, computed independently of methods.meow.losses."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,8 +17,15 @@ V = 50
 
 def tiny_llama(seed: int) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      max_position_embeddings=32, pad_token_id=0)
+    cfg = LlamaConfig(
+        vocab_size=V,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+        pad_token_id=0,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -77,9 +85,15 @@ S = LossConfig(beta=0.5, npo_coeff=0.7, grad_diff_coeff=0.3, kl_coeff=2.0)
 
 def expected(name, model, ref, b):
     f, r, i, inv = b["forget"], b["retain"], b["idk"], b["inverted"]
-    both = {k: torch.cat([F.pad(i[k], (0, max(0, r[k].shape[1] - i[k].shape[1])), value=-100 if k == "labels" else 0),
-                          F.pad(r[k], (0, max(0, i[k].shape[1] - r[k].shape[1])), value=-100 if k == "labels" else 0)])
-            for k in i}
+    both = {
+        k: torch.cat(
+            [
+                F.pad(i[k], (0, max(0, r[k].shape[1] - i[k].shape[1])), value=-100 if k == "labels" else 0),
+                F.pad(r[k], (0, max(0, i[k].shape[1] - r[k].shape[1])), value=-100 if k == "labels" else 0),
+            ]
+        )
+        for k in i
+    }
     return {
         "ga": lambda: -hf_nll(model, f),
         "gd": lambda: -hf_nll(model, f) + hf_nll(model, r),
@@ -113,5 +127,9 @@ def test_loss_matches_formula(setup, name):
 def test_npo_and_dpo_are_2_log2_over_beta_when_model_is_the_reference(setup):
     model, _, batch = setup
     # With π = π_ref the NPO and DPO terms are exactly (2/β)·log 2, whatever the data.
-    assert get("meow.loss", "npo")(model, model, batch, S).item() == pytest.approx(2 / S.beta * torch.log(torch.tensor(2.0)).item(), rel=1e-5)
-    assert get("meow.loss", "dpo")(model, model, batch, S).item() == pytest.approx(2 / S.beta * torch.log(torch.tensor(2.0)).item(), rel=1e-5)
+    assert get("meow.loss", "npo")(model, model, batch, S).item() == pytest.approx(
+        2 / S.beta * torch.log(torch.tensor(2.0)).item(), rel=1e-5
+    )
+    assert get("meow.loss", "dpo")(model, model, batch, S).item() == pytest.approx(
+        2 / S.beta * torch.log(torch.tensor(2.0)).item(), rel=1e-5
+    )

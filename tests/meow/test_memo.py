@@ -1,4 +1,5 @@
 """MEMO windows, the batched form against the simple one, and top-k selection."""
+
 from __future__ import annotations
 
 import random
@@ -37,16 +38,29 @@ def test_batched_memo_equals_simple(finetuned):
 
 def test_score_rows_writes_release_layout(finetuned):
     cfg, source, model, tok = finetuned
-    row = {"question": "Where was Ada born?", "undesired_answer": "In Lisbon.", "answer_0": "In Oslo.", "answer_1": "In Riga."}
+    row = {
+        "question": "Where was Ada born?",
+        "undesired_answer": "In Lisbon.",
+        "answer_0": "In Oslo.",
+        "answer_1": "In Riga.",
+    }
     (out,) = score_rows(model, tok, [row], MemoConfig(max_new_tokens=10))
     assert set(out) == set(row) | {"undesired_answer_rouge1", "answer_0_rouge1", "answer_1_rouge1"}
     assert all(0.0 <= out[k] <= 1.0 for k in out if k.endswith("_rouge1"))
 
 
 def test_selection_orders_and_ties():
-    row = {"question": "q", **{f"answer_{i}": f"a{i}" for i in range(5)},
-           "answer_0_rouge1": 0.5, "answer_1_rouge1": 0.9, "answer_2_rouge1": 0.5, "answer_3_rouge1": 0.5,
-           "answer_4_rouge1": 0.1, "undesired_answer": "t", "undesired_answer_rouge1": 1.0}
+    row = {
+        "question": "q",
+        **{f"answer_{i}": f"a{i}" for i in range(5)},
+        "answer_0_rouge1": 0.5,
+        "answer_1_rouge1": 0.9,
+        "answer_2_rouge1": 0.5,
+        "answer_3_rouge1": 0.5,
+        "answer_4_rouge1": 0.1,
+        "undesired_answer": "t",
+        "undesired_answer_rouge1": 1.0,
+    }
     rng = random.Random(0)
     assert select_top_k(row, 3, "largest", rng) == ["answer_1", "answer_0", "answer_2"]  # ties by index, no repeats
     assert select_top_k(row, 3, "smallest", rng) == ["answer_4", "answer_0", "answer_2"]

@@ -1,4 +1,5 @@
 """End to end through the CLI on the tiny default, plus the sharded MEMO command and mismatched inputs."""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "methods.meow", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "methods.meow", *args], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_meow_lowers_forget_rouge_and_keeps_retain(finetuned, meow_cache, tmp_path):
@@ -51,7 +54,9 @@ def test_mismatched_inverted_facts_stop_before_training(tmp_path, key):
     cache = tmp_path / "cache"
     proc = run_cli("train", f"{key}={bad}", f"cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {bad}: inverted facts do not match the forget split")
+    assert (
+        proc.stderr.strip().splitlines()[-1].startswith(f"error: {bad}: inverted facts do not match the forget split")
+    )
     assert not (cache / "meow" / "models").exists()  # nothing was fine-tuned or unlearned
 
 
@@ -74,7 +79,9 @@ def test_eval_against_a_tofu_format_retain_log(finetuned, meow_cache, tmp_path):
     cfg, source, model, tok = finetuned
     pipeline.retain_logs(cfg, source)  # our retain model's TOFU logs (cached by the end-to-end run if it ran first)
     (retain_dir,) = (meow_cache / "meow" / "eval").glob("retain-*")
-    from_file = commands.eval(compose("meow", f"cache_dir={meow_cache}", f"eval.retain_log={retain_dir}", *SMALL), tmp_path / "a")
+    from_file = commands.eval(
+        compose("meow", f"cache_dir={meow_cache}", f"eval.retain_log={retain_dir}", *SMALL), tmp_path / "a"
+    )
     own = commands.eval(compose("meow", f"cache_dir={meow_cache}", *SMALL), tmp_path / "b")
     assert from_file["forget_quality"] == pytest.approx(own["forget_quality"])
     assert own["forget_quality"] < 0.05 and own["forget/rouge"] > 0.9  # the target still knows the forget set

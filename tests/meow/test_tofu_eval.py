@@ -1,4 +1,5 @@
 """TOFU metrics against values computed by hand."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,12 @@ from methods.meow.config import EvalConfig
 
 def log(gt, para, pert, rouge):
     idx = [str(i) for i in range(len(gt))]
-    return {"avg_gt_loss": dict(zip(idx, gt, strict=True)), "avg_paraphrased_loss": dict(zip(idx, para, strict=True)),
-            "avg_perturbed_loss": dict(zip(idx, pert, strict=True)), "rougeL_recall": dict(zip(idx, rouge, strict=True))}
+    return {
+        "avg_gt_loss": dict(zip(idx, gt, strict=True)),
+        "avg_paraphrased_loss": dict(zip(idx, para, strict=True)),
+        "avg_perturbed_loss": dict(zip(idx, pert, strict=True)),
+        "rougeL_recall": dict(zip(idx, rouge, strict=True)),
+    }
 
 
 def test_truth_ratio_forget_and_retain_aggregation():
@@ -44,9 +49,11 @@ def test_forget_quality_is_the_ks_pvalue():
 
 
 def test_model_utility_is_the_harmonic_mean_of_nine():
-    per_set = {"retain": dict(rouge=1.0, prob=1.0, truth_ratio=1.0),
-               "real_authors": dict(rouge=0.5, prob=0.5, truth_ratio=0.5),
-               "world_facts": dict(rouge=0.25, prob=0.25, truth_ratio=0.25)}
+    per_set = {
+        "retain": dict(rouge=1.0, prob=1.0, truth_ratio=1.0),
+        "real_authors": dict(rouge=0.5, prob=0.5, truth_ratio=0.5),
+        "world_facts": dict(rouge=0.25, prob=0.25, truth_ratio=0.25),
+    }
     assert tofu_eval.model_utility(per_set) == pytest.approx(9 / (3 * 1 + 3 * 2 + 3 * 4))
     per_set["world_facts"]["prob"] = 0.0
     assert tofu_eval.model_utility(per_set) == 0.0
@@ -54,7 +61,9 @@ def test_model_utility_is_the_harmonic_mean_of_nine():
 
 def test_tofu_format_reference_log(tmp_path):
     forget = log(gt=[0.1, 0.2, 0.3], para=[0.0] * 3, pert=[[0.1], [0.2], [0.3]], rouge=[1, 1, 1])
-    (tmp_path / "eval_log_aggregated.json").write_text(json.dumps({"eval_log_forget.json": forget, "eval_log.json": {}}))
+    (tmp_path / "eval_log_aggregated.json").write_text(
+        json.dumps({"eval_log_forget.json": forget, "eval_log.json": {}})
+    )
     loaded = tofu_eval.load_forget_log(tmp_path, max_rows=2)  # a directory holding TOFU's aggregated file
     assert list(loaded["avg_paraphrased_loss"]) == ["0", "1"]
     (tmp_path / "bad.json").write_text(json.dumps({"avg_gt_loss": {}}))
