@@ -132,9 +132,7 @@ def test_backbone_errors_are_one_line_user_errors(tmp_path):
         m4extract.build_backbone(ExtractConfig(backbone="retccl", weights="hub"))
     with pytest.raises(UserError, match="not found"):
         m4extract.build_backbone(ExtractConfig(backbone="resnet18", weights=str(tmp_path / "missing.pth")))
-    with pytest.raises(
-        UserError, match="neither hub, random nor an existing file"
-    ):  # caught when the config is composed
+    with pytest.raises(UserError, match="neither one of hub, random nor an existing path"):  # caught at composition
         check(ExtractConfig(weights=str(tmp_path / "missing.pth")))
 
 
