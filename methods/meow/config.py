@@ -139,14 +139,15 @@ class EvalConfig:
 
 @dataclass
 class MeowConfig(BaseConfig):
-    model: ModelConfig = section(ModelConfig, "the language model (fine-tuned into the target, then unlearned)")
+    # In pipeline order: data and models, the method, its inputs (inverted facts, MEMO, selection), its loss, evaluation.
     data: DataConfig = section(DataConfig, "TOFU data")
+    model: ModelConfig = section(ModelConfig, "the language model (fine-tuned into the target, then unlearned)")
     finetune: FinetuneConfig = section(FinetuneConfig, "target and retain models")
+    method: str = opt("meow", "the unlearning method", registry="meow.loss")
+    compare: List[str] = opt([], "more methods unlearned and evaluated in the same run", registry="meow.loss")
     invert: InvertConfig = section(InvertConfig, "inverted facts")
     memo: MemoConfig = section(MemoConfig, "MEMO scores")
     select: SelectConfig = section(SelectConfig, "selection of inverted facts")
     loss: LossConfig = section(LossConfig, "unlearning objectives")
-    eval: EvalConfig = section(EvalConfig, "TOFU evaluation")
-    method: str = opt("meow", "the unlearning method", registry="meow.loss")
-    compare: List[str] = opt([], "more methods unlearned and evaluated in the same run", registry="meow.loss")
     save_models: bool = opt(True, "save each unlearned model (safetensors) into the run dir", key=False)
+    eval: EvalConfig = section(EvalConfig, "TOFU evaluation")

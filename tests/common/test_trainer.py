@@ -98,10 +98,8 @@ def test_ddp_two_processes_match_one_process(tmp_path):
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29517",
+        "--nproc_per_node=2",
+        "--master_port=29517",
         str(REPO / "tests/common/ddp_worker.py"),
         str(tmp_path),
     ]
