@@ -77,6 +77,17 @@ def _value(node: Any, dotted: str) -> Any:
     return node
 
 
+def _show(value: Any) -> str:
+    """A value as it is typed in an override (null, true, [a,b], {k: v})."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_show(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
 def command_help(method: Method, name: str, overrides: list[str], conf_dir: str = CONF_DIR) -> str:
     """What a command does, reads and writes, and its keys with their composed values and one-line docs."""
     cmd = method.commands[name]
@@ -84,7 +95,7 @@ def command_help(method: Method, name: str, overrides: list[str], conf_dir: str 
     lines += [f"reads:  {cmd.reads}"] * bool(cmd.reads) + [f"writes: {cmd.writes}"] * bool(cmd.writes)
     cfg = validate(compose_raw(method.name, method.schema, [*overrides, f"command={name}"], conf_dir), method.schema)
     docs = field_docs(method.schema)
-    values = {k: _value(as_dict(cfg), k) for k in docs}
+    values = {k: _show(_value(as_dict(cfg), k)) for k in docs}
     keys = [k for k in docs if any(k == p or k.startswith(p + ".") for p in cmd.keys)]
     if keys:
         width = min(max(len(f"{k}={values[k]}") for k in keys), 48)

@@ -30,8 +30,8 @@ def format_number(value: Any, digits: int = 4) -> str:
 
 
 def mean_std(mean: float, std: float) -> str:
-    """`0.742 ± 0.031`, three significant digits of the mean; empty for a missing mean."""
-    return "" if math.isnan(mean) else f"{mean:.3g} ± {std:.2g}"
+    """`0.742 ± 0.031` for a metric in [0, 1] such as an AUC; empty for a missing mean."""
+    return "" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
