@@ -85,6 +85,13 @@ class TrainerConfig:
     resume: bool = opt(True, "resume from the run dir's last checkpoint", key=False)
     ddp_find_unused_parameters: bool = opt(False, "DDP: allow parameters without gradients", key=False)
 
+    def check(self) -> None:
+        from transformers import SchedulerType
+
+        valid = [s.value for s in SchedulerType]
+        if self.scheduler not in valid:
+            raise UserError(f"config: trainer.scheduler='{self.scheduler}': not one of {', '.join(valid)}")
+
 
 @dataclass
 class LoggerConfig:
