@@ -107,7 +107,7 @@ def test_bad_settings_are_one_line_before_anything_is_written(tmp_path, override
         ("tile", "tile.patch_size=256"),
         ("extract", "extract.batch_size=64"),
         ("train", "mil.num_expert=5"),
-        ("eval", "eval.run_dir=None"),
+        ("eval", "eval.run_dir=null"),
         ("heatmap", "heatmap.model=m4"),
     ],
 )
