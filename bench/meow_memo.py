@@ -1,6 +1,6 @@
 """MEMO and TOFU eval, batched against one-at-a-time, on the tiny fine-tuned target and its forget set, in one run.
 
-    python bench/meow_memo.py [--rows 8] [--cache-dir .cache]
+    python bench/meow_memo.py [--rows 8] [--cache-dir .cache] [--decode new_tokens|official]
 
 Checks that both forms give the same scores (per answer within 0.01, mean within 0.001) and prints the speed ratios.
 """
@@ -18,13 +18,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rows", type=int, default=8, help="forget questions scored (each: true + inverted answers)")
     p.add_argument("--cache-dir", default=".cache")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--decode", default="new_tokens", choices=("new_tokens", "official"), help="memo.decode")
     args = p.parse_args(argv)
 
     from common.config import compose
     from methods.meow import pipeline, tofu_eval
     from methods.meow.memo import answer_keys, memo_batched, memo_simple
 
-    cfg = compose("meow", f"cache_dir={args.cache_dir}", f"memo.batch_size={args.batch_size}")
+    cfg = compose(
+        "meow", f"cache_dir={args.cache_dir}", f"memo.batch_size={args.batch_size}", f"memo.decode={args.decode}"
+    )
     source = pipeline.source_of(cfg)
     inverted, _ = pipeline.inverted_rows(cfg, source)
     model, tok = pipeline.load_lm(cfg, source, pipeline.finetuned_path(cfg, source, "target"))
@@ -43,7 +46,10 @@ def main(argv: list[str]) -> int:
     worst = max(abs(a - b) for a, b in zip(batched, simple, strict=True))
     mean_gap = abs(sum(batched) / len(batched) - sum(simple) / len(simple))
     same = worst <= 0.01 and mean_gap <= 0.001
-    print(f"MEMO: {len(pairs)} answers, {n_windows} windows, greedy up to {cfg.memo.max_new_tokens} new tokens")
+    print(
+        f"MEMO: {len(pairs)} answers, {n_windows} windows, greedy up to {cfg.memo.max_new_tokens} new tokens, "
+        f"decode={cfg.memo.decode}"
+    )
     print(f"  simple (one window at a time): {t_simple:8.2f} s")
     print(f"  batched (batch {cfg.memo.batch_size}):           {t_batched:8.2f} s")
     print(f"  speed-up: {t_simple / t_batched:.1f}x (goal >= 8x)")

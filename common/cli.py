@@ -93,7 +93,8 @@ def command_help(method: Method, name: str, overrides: list[str], conf_dir: str 
     cmd = method.commands[name]
     lines = [f"usage: python -m methods.{method.name} {name} [key=value ...]", "", cmd.help]
     lines += [f"reads:  {cmd.reads}"] * bool(cmd.reads) + [f"writes: {cmd.writes}"] * bool(cmd.writes)
-    cfg = validate(compose_raw(method.name, method.schema, [*overrides, f"command={name}"], conf_dir), method.schema)
+    # Composed without `command=`: requirements of a run of the command (e.g. an input it needs) do not stop its help.
+    cfg = validate(compose_raw(method.name, method.schema, overrides, conf_dir), method.schema)
     docs = field_docs(method.schema)
     values = {k: _show(_value(as_dict(cfg), k)) for k in docs}
     keys = [k for k in docs if any(k == p or k.startswith(p + ".") for p in cmd.keys)]

@@ -43,6 +43,13 @@ COMMANDS = {
         writes="eval/ (TOFU logs)",
         keys=(*MODELS, "eval"),
     ),
+    "score": Command(
+        commands.score_logs,
+        "TOFU model utility and forget quality from eval logs alone, no model (eval.run_logs=...)",
+        reads="eval.run_logs (TOFU's or ours), eval.retain_log (the retain model's logs)",
+        writes="results.json, summary.md",
+        keys=("eval.run_logs", "eval.retain_log", "eval.max_rows"),
+    ),
 }
 METHOD = Method("meow", MeowConfig, COMMANDS, table=table)
 

@@ -1,4 +1,4 @@
-"""The MEOW commands: finetune → invert → memo → train (select + unlearn + evaluate), and eval.
+"""The MEOW commands: finetune → invert → memo → train (select + unlearn + evaluate), eval, and score (logs only).
 
 `train` alone runs the whole pipeline (methods/meow/pipeline.py); each stage is also a command of its own for
 cluster use, and all of them share the stages' cached outputs.
@@ -48,7 +48,7 @@ def finetune(cfg: MeowConfig, run_dir: Path) -> dict[str, float]:
             model.eval(),
             tokenizer,
             forget,
-            "paraphrased_answer",
+            "forget",
             cfg.eval,
             family=cfg.model.family,
             max_length=cfg.data.max_length,
@@ -87,19 +87,19 @@ def train(cfg: MeowConfig, run_dir: Path) -> dict[str, float]:
     source = source_of(cfg)
     logger = make_logger(cfg.logger, run_dir, as_dict(cfg))
     uses_meow = any(m.startswith("meow") for m in methods)
-    # Input files are checked first, so a mismatched inverted-facts file stops the run before anything is trained.
+    # Input files are checked first (a MEMO file also for its scores), so a bad one stops the run before any training.
     given = given_scored_rows(cfg, source) if uses_meow and cfg.memo.path else None
+    selected = selection(cfg, *given) if given else None
     inverted = inverted_rows(cfg, source)[0] if uses_meow and given is None else None
     retain = retain_logs(cfg, source, logger)
     reference = reference_forget_log(cfg, retain)
     target = finetuned_path(cfg, source, "target", logger)
     metrics: dict[str, float] = {}
-    selected = None
     if uses_meow:
-        scored = given or scored_rows(cfg, source, target, inverted or [])
+        scored, scored_path = given or scored_rows(cfg, source, target, inverted or [])
         write_json(run_dir / "memo.json", scored)
         metrics.update(memo_histogram(scored, run_dir / "memo_hist.png"))
-        selected = selection(cfg, scored)
+        selected = selected or selection(cfg, scored, scored_path)
         write_json(run_dir / "selected.json", selected)
 
     results: dict[str, dict[str, float]] = {}
@@ -129,4 +129,14 @@ def eval(cfg: MeowConfig, run_dir: Path) -> dict[str, float]:  # noqa: A001 - th
     model, tokenizer = load_lm(cfg, source, path)
     result = tofu_eval.aggregate(evaluate(cfg, source, model, tokenizer, run_dir / "eval"), reference)
     print("\n" + tofu_eval.table(tofu_eval.flat({str(path): result})) + "\n")
+    return result
+
+
+def score_logs(cfg: MeowConfig, run_dir: Path) -> dict[str, float]:
+    """Model utility, and forget quality against eval.retain_log, of TOFU logs alone (eval.run_logs); no model."""
+    reference = tofu_eval.load_forget_log(cfg.eval.retain_log, cfg.eval.max_rows) if cfg.eval.retain_log else None
+    result = tofu_eval.aggregate(tofu_eval.load_logs(cfg.eval.run_logs), reference)
+    if reference is None:
+        print("no eval.retain_log given: model utility only, no forget quality")
+    print("\n" + tofu_eval.table(tofu_eval.flat({cfg.eval.run_logs: result})) + "\n")
     return result

@@ -96,6 +96,12 @@ class MemoConfig:
     mode: str = opt("suffix", "suffix: cut the answer; prefix: cut the question", choices=("suffix", "prefix"))
     stride: int = opt(5, "characters between cuts", ge=1)
     max_new_tokens: int = opt(200, "greedy tokens generated per cut", ge=1)
+    decode: str = opt(
+        "new_tokens",
+        "new_tokens: the continuation alone, special tokens skipped; official: as the MEOW code, prompt and "
+        "continuation decoded with special tokens kept, then the prompt string deleted",
+        choices=("new_tokens", "official"),
+    )
     batch_size: int = opt(64, "cuts generated together", ge=1, key=False)
     path: Optional[str] = opt(
         None, "an already scored file (<key>_rouge1 fields, e.g. the MEOW release's)", exists=PATH, key=False
@@ -108,7 +114,10 @@ class SelectConfig:
 
     top_k: int = opt(3, "inverted answers per question", ge=1)
     order: str = opt(
-        "largest", "by MEMO: largest or smallest, or random (seeded)", choices=("largest", "smallest", "random")
+        "largest",
+        "by MEMO: largest or smallest; random (seeded by seed); random_official (the MEOW code's: "
+        "random.seed(42) for every question, sampled scores mapped back to keys)",
+        choices=("largest", "smallest", "random", "random_official"),
     )
 
 
@@ -130,7 +139,18 @@ class EvalConfig:
     batch_size: int = opt(64, "rows scored and generated together", ge=1, key=False)
     max_new_tokens: int = opt(200, "greedy tokens of each generated answer", ge=1)
     retain_log: Optional[str] = opt(
-        None, "a TOFU-format retain-model eval log; null: evaluate our own retain model", exists=PATH, key=False
+        None,
+        "the retain model's TOFU logs (a run folder or eval_log_aggregated.json); null: evaluate our own retain "
+        "model (score: no forget quality)",
+        exists=PATH,
+        key=False,
+    )
+    run_logs: Optional[str] = opt(
+        None,
+        "score command: the TOFU logs to score (a run folder with eval_log*.json and eval_real_*.json, or "
+        "eval_log_aggregated.json)",
+        exists=PATH,
+        key=False,
     )
     model_path: Optional[str] = opt(
         None, "eval command: the model to evaluate; null: the fine-tuned target", exists=MODEL, key=False
@@ -151,3 +171,8 @@ class MeowConfig(BaseConfig):
     loss: LossConfig = section(LossConfig, "unlearning objectives")
     save_models: bool = opt(True, "save each unlearned model (safetensors) into the run dir", key=False)
     eval: EvalConfig = section(EvalConfig, "TOFU evaluation")
+
+    def check(self) -> None:
+        super().check()
+        if self.command == "score" and not self.eval.run_logs:
+            raise UserError("config: score needs eval.run_logs=<a TOFU run folder or its eval_log_aggregated.json>")

@@ -29,8 +29,6 @@ from methods.meow.invert import check_matches_forget, invert_rows
 from methods.meow.losses import mean_nll
 from methods.meow.memo import SUFFIX, answer_keys, score_rows, select_top_k
 
-GENERAL_SETS = {"real_authors": "real_authors_perturbed", "world_facts": "world_facts_perturbed"}
-
 
 def source_of(cfg: MeowConfig) -> DataSource:
     return data_source(cfg.data, cfg.seed, cfg.cache_dir)
@@ -123,11 +121,12 @@ def inverted_rows(cfg: MeowConfig, source: DataSource) -> tuple[list[dict], Path
     return rows, path
 
 
-def given_scored_rows(cfg: MeowConfig, source: DataSource) -> list[dict]:
+def given_scored_rows(cfg: MeowConfig, source: DataSource) -> tuple[list[dict], Path]:
     """An already scored file (memo.path, e.g. the MEOW release's), checked against the forget split."""
-    rows = read_records(cfg.memo.path, ("question",))
-    check_matches_forget(rows, source.load(cfg.data.forget_split), cfg.memo.path)
-    return rows
+    path = Path(cfg.memo.path)
+    rows = read_records(path, ("question",))
+    check_matches_forget(rows, source.load(cfg.data.forget_split), path)
+    return rows, path
 
 
 def memo_path(cfg: MeowConfig, target: str, inverted: list[dict]) -> Path:
@@ -142,12 +141,12 @@ def score(cfg: MeowConfig, source: DataSource, target: str, rows: list[dict]) ->
     return score_rows(model.eval(), tokenizer, rows, cfg.memo)
 
 
-def scored_rows(cfg: MeowConfig, source: DataSource, target: str, inverted: list[dict]) -> list[dict]:
-    """Inverted facts with MEMO of every answer under the target model (a stage)."""
+def scored_rows(cfg: MeowConfig, source: DataSource, target: str, inverted: list[dict]) -> tuple[list[dict], Path]:
+    """Inverted facts with MEMO of every answer under the target model (a stage), and the file holding them."""
     path = run_stage(
         "MEMO", memo_path(cfg, target, inverted), lambda tmp: write_json(tmp, score(cfg, source, target, inverted))
     )
-    return json.loads(path.read_text())
+    return json.loads(path.read_text()), path
 
 
 def memo_histogram(rows: list[dict], path: Path) -> dict[str, float]:
@@ -173,15 +172,18 @@ def memo_histogram(rows: list[dict], path: Path) -> dict[str, float]:
     return {"memo/true_mean": mean(true), "memo/inverted_mean": mean(inv)}
 
 
-def selection(cfg: MeowConfig, rows: list[dict]) -> dict[str, list[str]]:
-    """Question -> the inverted answers MEOW trains on (top-k by MEMO, or a seeded random choice)."""
+def selection(cfg: MeowConfig, rows: list[dict], path: str | Path) -> dict[str, list[str]]:
+    """Question -> the inverted answers MEOW trains on (top-k by MEMO, or a random choice); `path` holds the rows."""
     rng = random.Random(cfg.seed)
     out = {}
-    for r in rows:
+    for pos, r in enumerate(rows, start=1):
         try:
             keys = select_top_k(r, cfg.select.top_k, cfg.select.order, rng)
         except KeyError as e:
-            raise UserError(f"select: {e}") from None
+            raise UserError(
+                f"{path}: record {pos} (question {r['question']!r}): {e.args[0]} "
+                "(run the memo command, or give memo.path a scored file)"
+            ) from None
         out[r["question"]] = [r[k] for k in keys]
     return out
 
@@ -265,7 +267,7 @@ def unlearn(
 
 def eval_splits(cfg: MeowConfig, source: DataSource) -> dict[str, list[dict]]:
     splits = {"retain": source.load("retain_perturbed"), "forget": source.load(f"{cfg.data.forget_split}_perturbed")}
-    return {**splits, **{name: source.load(split) for name, split in GENERAL_SETS.items()}}
+    return {**splits, **{name: source.load(f"{name}_perturbed") for name in tofu_eval.GENERAL_SETS}}
 
 
 def evaluate(cfg: MeowConfig, source: DataSource, model, tokenizer, out_dir: Path | None = None) -> dict[str, dict]:
@@ -293,6 +295,7 @@ def retain_logs(cfg: MeowConfig, source: DataSource, logger: Logger | None = Non
         cfg.eval,
         cfg.model.family,
         cfg.data.max_length,
+        tofu_eval.READ_KEYS,  # the key names read back: logs cached under other names are not reused
         label="retain",
     )
 
@@ -300,8 +303,7 @@ def retain_logs(cfg: MeowConfig, source: DataSource, logger: Logger | None = Non
         model, tokenizer = load_lm(cfg, source, model_path)
         evaluate(cfg, source, model, tokenizer, tmp)
 
-    agg = json.loads((run_stage("retain model's evaluation", path, write) / "eval_log_aggregated.json").read_text())
-    return {name: agg[file] for name, (file, _) in tofu_eval.EVAL_SETS.items()}
+    return tofu_eval.load_logs(run_stage("retain model's evaluation", path, write))
 
 
 def reference_forget_log(cfg: MeowConfig, retain: dict[str, dict] | None) -> dict:

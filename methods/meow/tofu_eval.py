@@ -9,7 +9,9 @@ Per set:
                  mean max(0, 1 − 1/R) elsewhere (a_base is the paraphrased answer on retain/forget, else `answer`).
 Forget quality = KS-test p-value between the forget-set R of the evaluated model and of the retain model.
 Model utility  = harmonic mean of the nine retain / real-authors / world-facts numbers.
-Logs are written in TOFU's own layout, so TOFU's published retain-model logs can serve as the FQ reference.
+
+Logs are TOFU's files, key for key (`average_perturb_loss`, ...), so TOFU's published logs are read as they are
+(`load_logs`: a run folder's four files or its eval_log_aggregated.json) and TOFU's aggregation script reads ours.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from scipy.stats import hmean, ks_2samp
 
 from common.errors import UserError
 from common.io import write_json
-from common.lm import collate, encode_qa, generate_answers, sequence_nll
+from common.lm import collate, encode_qa, format_prompt, generate_answers, sequence_nll
 from common.results import markdown_table
 from methods.meow.config import EvalConfig
 
@@ -35,52 +37,75 @@ EVAL_SETS = {
     "world_facts": ("eval_real_world_wo_options.json", "answer"),
     "forget": ("eval_log_forget.json", "paraphrased_answer"),
 }
+AGGREGATED = "eval_log_aggregated.json"  # the four sets' logs under their file names
 UTILITY_SETS = ("retain", "real_authors", "world_facts")
+GENERAL_SETS = ("real_authors", "world_facts")  # probability = the true answer's share among the options
+# What TOFU's aggregate_eval_stat.py reads from every set's log.
+READ_KEYS = ("avg_gt_loss", "average_perturb_loss", "avg_paraphrased_loss", "rougeL_recall")
 
 
 @torch.no_grad()
-def _per_token_nll(
+def _answer_nll(
     model, tokenizer, qa: list[tuple[str, str]], family: str, max_length: int, batch_size: int
-) -> list[float]:
+) -> tuple[np.ndarray, np.ndarray]:
+    """Summed NLL of each answer given its question, and the answer's token count."""
     device = next(model.parameters()).device
     encoded = [encode_qa(tokenizer, family, q, a, max_length) for q, a in qa]
     order = sorted(range(len(qa)), key=lambda i: len(encoded[i].input_ids))  # similar lengths share a batch
-    out = [0.0] * len(qa)
+    nll, count = np.zeros(len(qa)), np.zeros(len(qa), dtype=np.int64)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in chunk], tokenizer.pad_token_id).items()}
-        nll, count, _ = sequence_nll(model, batch)
-        for i, v in zip(chunk, (nll / count.clamp(min=1)).tolist(), strict=True):
-            out[i] = v
-    return out
+        summed, n, _ = sequence_nll(model, batch)
+        nll[chunk], count[chunk] = summed.cpu().numpy(), n.cpu().numpy()
+    return nll, count
 
 
 _ROUGE = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
 
 
-def eval_log(
-    model, tokenizer, rows: list[dict], base_key: str, cfg: EvalConfig, *, family: str, max_length: int
-) -> dict:
-    """One set's TOFU log: per-row losses, generated answers and ROUGE, keyed by the row index as a string."""
+def eval_log(model, tokenizer, rows: list[dict], name: str, cfg: EvalConfig, *, family: str, max_length: int) -> dict:
+    """One set's log with TOFU's keys, in the order TOFU writes them: per key, {row index as a string: value}."""
     rows = rows[: cfg.max_rows] if cfg.max_rows else rows
-    n_pert = len(rows[0]["perturbed_answer"])
+    base_key = EVAL_SETS[name][1]
+    n, n_pert = len(rows), len(rows[0]["perturbed_answer"])
     if any(len(r["perturbed_answer"]) != n_pert for r in rows):
         raise UserError("every row of an eval set must carry the same number of perturbed answers")
     qa = [(r["question"], r["answer"]) for r in rows] + [(r["question"], r[base_key]) for r in rows]
     qa += [(r["question"], p) for r in rows for p in r["perturbed_answer"]]
-    losses = _per_token_nll(model, tokenizer, qa, family, max_length, cfg.batch_size)
-    n = len(rows)
+    nll, count = _answer_nll(model, tokenizer, qa, family, max_length, cfg.batch_size)
+    per_token = nll / np.maximum(count, 1)
+    gt, base, pert = slice(0, n), slice(n, 2 * n), slice(2 * n, None)
+    pert_nll, pert_count, pert_avg = (a[pert].reshape(n, n_pert) for a in (nll, count, per_token))
     gens = generate_answers(model, tokenizer, family, [r["question"] for r in rows], cfg.max_new_tokens, cfg.batch_size)
     scores = [_ROUGE.score(r["answer"], g) for r, g in zip(rows, gens, strict=True)]
     idx = [str(i) for i in range(n)]
-    return {
-        "avg_gt_loss": dict(zip(idx, losses[:n], strict=True)),
-        "avg_paraphrased_loss": dict(zip(idx, losses[n : 2 * n], strict=True)),
-        "avg_perturbed_loss": {i: losses[2 * n + k * n_pert : 2 * n + (k + 1) * n_pert] for k, i in enumerate(idx)},
-        "rougeL_recall": {i: sc["rougeL"].recall for i, sc in zip(idx, scores, strict=True)},
-        "rouge1_recall": {i: sc["rouge1"].recall for i, sc in zip(idx, scores, strict=True)},
-        "generated_text": {i: [r["question"], g, r["answer"]] for i, r, g in zip(idx, rows, gens, strict=True)},
+
+    def per_row(values) -> dict:
+        return dict(zip(idx, values.tolist() if isinstance(values, np.ndarray) else values, strict=True))
+
+    log = {
+        "avg_gt_loss": per_row(per_token[gt]),
+        "gt_loss": per_row(nll[gt]),
+        "num_token_gt": per_row(count[gt]),
+        "generated_text": per_row(
+            [[format_prompt(family, r["question"], tokenizer), g, r["answer"]] for r, g in zip(rows, gens, strict=True)]
+        ),
+        "rouge1_recall": per_row([s["rouge1"].recall for s in scores]),
+        "rougeL_recall": per_row([s["rougeL"].recall for s in scores]),
+        "average_perturb_loss": per_row(pert_avg),
+        "avg_paraphrased_loss": per_row(per_token[base]),
+        # TOFU's stored ratio is geomean P(perturbed) / P(base), the inverse of R below.
+        "truth_ratio": per_row(np.exp(per_token[base] - pert_avg.mean(-1))),
+        "paraphrased_loss": per_row(nll[base]),
+        "perturb_loss": per_row(pert_nll),
+        "num_token_paraphrased": per_row(count[base]),
+        "num_token_perturb": per_row(pert_count),
     }
+    if name in GENERAL_SETS:  # TOFU adds it to the sets scored without options: −log of the true answer's share
+        p = np.exp(-np.concatenate([per_token[gt, None], pert_avg], axis=1))
+        log["normalized_gt_loss"] = per_row(-np.log(p[:, 0] / p.sum(-1)))
+    return log
 
 
 def _values(log: dict, key: str) -> np.ndarray:
@@ -89,14 +114,14 @@ def _values(log: dict, key: str) -> np.ndarray:
 
 def truth_ratios(log: dict) -> np.ndarray:
     """Per-row R = exp(mean_j ℓ(perturbed_j) − ℓ(base)): > 1 when the model prefers the true (paraphrased) answer."""
-    return np.exp(_values(log, "avg_perturbed_loss").mean(-1) - _values(log, "avg_paraphrased_loss"))
+    return np.exp(_values(log, "average_perturb_loss").mean(-1) - _values(log, "avg_paraphrased_loss"))
 
 
 def set_metrics(name: str, log: dict) -> dict[str, float]:
     r = truth_ratios(log)
     true_p = np.exp(-_values(log, "avg_gt_loss"))
-    if name in ("real_authors", "world_facts"):
-        prob = true_p / (true_p + np.exp(-_values(log, "avg_perturbed_loss")).sum(-1))
+    if name in GENERAL_SETS:
+        prob = true_p / (true_p + np.exp(-_values(log, "average_perturb_loss")).sum(-1))
     else:
         prob = true_p
     tr = np.minimum(r, 1 / r) if name == "forget" else np.maximum(0, 1 - 1 / r)
@@ -137,39 +162,66 @@ def evaluate(
     max_length: int,
     out_dir: Path | None = None,
 ) -> dict[str, dict]:
-    """TOFU logs for the four sets (`splits` maps retain/real_authors/world_facts/forget to rows)."""
+    """TOFU logs for the four sets (`splits` maps retain/real_authors/world_facts/forget to rows), written as TOFU
+    writes them (one file per set and the aggregated file) when `out_dir` is given."""
     was_training = model.training
     model.eval()
     logs = {
-        name: eval_log(model, tokenizer, splits[name], EVAL_SETS[name][1], cfg, family=family, max_length=max_length)
+        name: eval_log(model, tokenizer, splits[name], name, cfg, family=family, max_length=max_length)
         for name in EVAL_SETS
     }
     model.train(was_training)
     if out_dir is not None:
         for name, log in logs.items():
             write_json(out_dir / EVAL_SETS[name][0], log)
-        write_json(out_dir / "eval_log_aggregated.json", {EVAL_SETS[k][0]: v for k, v in logs.items()})
+        write_json(out_dir / AGGREGATED, {EVAL_SETS[k][0]: v for k, v in logs.items()})
     return logs
 
 
-def load_forget_log(path: str | Path, max_rows: int | None = None) -> dict:
-    """The retain model's forget-set log from a TOFU-format file: `eval_log_forget.json`, `eval_log_aggregated.json`
-    (TOFU's aggregated file) or a directory holding either."""
-    path = Path(path)
-    if path.is_dir():
-        path = next(
-            (p for p in (path / "eval_log_forget.json", path / "eval_log_aggregated.json") if p.is_file()), path
-        )
-    if not path.is_file():
-        raise UserError(f"{path}: retain reference log not found")
+def _read(path: Path) -> dict:
     try:
-        log = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-    log = log.get("eval_log_forget.json", log)
-    for key in ("avg_paraphrased_loss", "avg_perturbed_loss"):
-        if key not in log:
-            raise UserError(f"{path}: field '{key}' missing (not a TOFU forget-set eval log)")
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object (a TOFU eval log)")
+    return data
+
+
+def _checked(log: dict, where: str) -> dict:
+    missing = [k for k in READ_KEYS if k not in log]
+    if missing:
+        raise UserError(f"{where}: field '{missing[0]}' missing (not a TOFU eval log)")
+    return log
+
+
+def load_logs(path: str | Path, names: tuple[str, ...] = tuple(EVAL_SETS)) -> dict[str, dict]:
+    """The named sets' logs of a TOFU run: a folder holding the per-set files (eval_log.json, eval_log_forget.json,
+    eval_real_author_wo_options.json, eval_real_world_wo_options.json) or eval_log_aggregated.json, or the
+    aggregated file itself; for one set, also that set's own file."""
+    path = Path(path)
+    if path.is_dir():
+        files = [path / EVAL_SETS[n][0] for n in names]
+        if all(f.is_file() for f in files):
+            return {n: _checked(_read(f), str(f)) for n, f in zip(names, files, strict=True)}
+        if not (path / AGGREGATED).is_file():
+            want = ", ".join(EVAL_SETS[n][0] for n in names)
+            raise UserError(f"{path}: no TOFU eval logs in it (want {want}, or {AGGREGATED})")
+        path = path / AGGREGATED
+    if not path.is_file():
+        raise UserError(f"{path}: TOFU eval log not found")
+    data = _read(path)
+    if len(names) == 1 and EVAL_SETS[names[0]][0] not in data and "avg_gt_loss" in data:
+        return {names[0]: _checked(data, str(path))}  # the set's own file, under whatever name
+    for n in names:
+        if EVAL_SETS[n][0] not in data:
+            raise UserError(f"{path}: no '{EVAL_SETS[n][0]}' in it (want TOFU's {AGGREGATED} or a run folder)")
+    return {n: _checked(data[EVAL_SETS[n][0]], f"{path}: {EVAL_SETS[n][0]}") for n in names}
+
+
+def load_forget_log(path: str | Path, max_rows: int | None = None) -> dict:
+    """The retain model's forget-set log (the forget-quality reference), cut to its first `max_rows` rows."""
+    log = load_logs(path, ("forget",))["forget"]
     if max_rows:
         log = {k: dict(list(v.items())[:max_rows]) if isinstance(v, dict) else v for k, v in log.items()}
     return log

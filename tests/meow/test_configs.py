@@ -61,6 +61,7 @@ def test_default_is_the_tiny_model():
         ("invert.generator=openai", "needs invert.model"),
         ("select.order=middle", "select.order"),
         ("memo.mode=middle", "memo.mode"),
+        ("memo.decode=raw", "memo.decode"),
         ("data.qa_per_author=11", "data.qa_per_author"),
         ("eval.model_path=./no/such/model", "eval.model_path"),
         ("memo.path=/no/such/file.json", "memo.path"),
@@ -84,6 +85,7 @@ def memo_stage(*overrides: str) -> Path:
 def test_memo_stage_key_follows_settings_that_change_scores():
     assert memo_stage("memo.stride=3") != memo_stage()
     assert memo_stage("memo.max_new_tokens=20") != memo_stage()
+    assert memo_stage("memo.decode=official") != memo_stage()  # the official decoding scores other text
     assert memo_stage("memo.batch_size=8") == memo_stage()  # key=False: cannot change a score
     assert memo_stage("trainer.lr=0.5") == memo_stage()  # unlearning does not feed MEMO
     assert memo_stage().parent.parts[-2:] == ("meow", "memo") and memo_stage().name.startswith("forget10-")

@@ -1,4 +1,4 @@
-"""TOFU metrics against values computed by hand."""
+"""TOFU metrics against values computed by hand; TOFU's log files read, and ours written, with TOFU's key names."""
 
 from __future__ import annotations
 
@@ -7,17 +7,19 @@ import math
 
 import pytest
 
+from common.config import compose
 from common.errors import UserError
-from methods.meow import tofu_eval
+from methods.meow import commands, tofu_eval
 from methods.meow.config import EvalConfig
 
 
 def log(gt, para, pert, rouge):
+    """The four fields TOFU's aggregate_eval_stat.py reads, named as in TOFU's logs."""
     idx = [str(i) for i in range(len(gt))]
     return {
         "avg_gt_loss": dict(zip(idx, gt, strict=True)),
         "avg_paraphrased_loss": dict(zip(idx, para, strict=True)),
-        "avg_perturbed_loss": dict(zip(idx, pert, strict=True)),
+        "average_perturb_loss": dict(zip(idx, pert, strict=True)),
         "rougeL_recall": dict(zip(idx, rouge, strict=True)),
     }
 
@@ -59,24 +61,146 @@ def test_model_utility_is_the_harmonic_mean_of_nine():
     assert tofu_eval.model_utility(per_set) == 0.0
 
 
-def test_tofu_format_reference_log(tmp_path):
-    forget = log(gt=[0.1, 0.2, 0.3], para=[0.0] * 3, pert=[[0.1], [0.2], [0.3]], rouge=[1, 1, 1])
-    (tmp_path / "eval_log_aggregated.json").write_text(
-        json.dumps({"eval_log_forget.json": forget, "eval_log.json": {}})
-    )
-    loaded = tofu_eval.load_forget_log(tmp_path, max_rows=2)  # a directory holding TOFU's aggregated file
-    assert list(loaded["avg_paraphrased_loss"]) == ["0", "1"]
-    (tmp_path / "bad.json").write_text(json.dumps({"avg_gt_loss": {}}))
-    with pytest.raises(UserError, match="avg_paraphrased_loss"):
-        tofu_eval.load_forget_log(tmp_path / "bad.json")
+# Every key of a TOFU eval log (locuslab/tofu evaluate_util.py, as in its published eval_results/ds_size300 files);
+# the two sets scored without options also carry normalized_gt_loss.
+TOFU_KEYS = [
+    "avg_gt_loss",
+    "gt_loss",
+    "num_token_gt",
+    "generated_text",
+    "rouge1_recall",
+    "rougeL_recall",
+    "average_perturb_loss",
+    "avg_paraphrased_loss",
+    "truth_ratio",
+    "paraphrased_loss",
+    "perturb_loss",
+    "num_token_paraphrased",
+    "num_token_perturb",
+]
+
+
+def tofu_file(gt: float, para: float, pert: list[list[float]], rouge: float) -> dict:
+    """A TOFU eval log of len(pert) rows as TOFU's evaluate_util.py writes it: {key: {"<row>": value}}, with the
+    same avg_gt_loss, avg_paraphrased_loss and ROUGE-L recall on every row and 4 tokens in every answer."""
+    rows = {str(i): p for i, p in enumerate(pert)}
+    return {
+        "avg_gt_loss": {i: gt for i in rows},
+        "gt_loss": {i: 4 * gt for i in rows},
+        "num_token_gt": {i: 4 for i in rows},
+        "generated_text": {i: ["[INST] Who wrote it? [/INST]", "Jane Doe wrote it.", "Jane Doe"] for i in rows},
+        "rouge1_recall": {i: rouge for i in rows},
+        "rougeL_recall": {i: rouge for i in rows},
+        "average_perturb_loss": rows,
+        "avg_paraphrased_loss": {i: para for i in rows},
+        "truth_ratio": {i: math.exp(para - sum(p) / len(p)) for i, p in rows.items()},
+        "paraphrased_loss": {i: 4 * para for i in rows},
+        "perturb_loss": {i: [4 * x for x in p] for i, p in rows.items()},
+        "num_token_paraphrased": {i: 4 for i in rows},
+        "num_token_perturb": {i: [4] * len(p) for i, p in rows.items()},
+    }
+
+
+LN2, LN6 = math.log(2), math.log(6)
+
+
+def tofu_run(forget_ratios: list[float]) -> dict[str, dict]:
+    """A TOFU run's four files (file name -> log). Retain: ROUGE 0.5, prob 0.5, R = 2 -> truth ratio 0.5. Real
+    authors / world facts: ROUGE 0.5, true answer's share 0.5 / (0.5 + 3 x 1/6) = 0.5, R = 3 -> 2/3. The forget
+    set's truth ratios R are given."""
+    general = tofu_file(LN2, LN2, [[LN6] * 3] * 3, 0.5)
+    general["normalized_gt_loss"] = {i: LN2 for i in general["avg_gt_loss"]}
+    return {
+        "eval_log.json": tofu_file(LN2, 1.0, [[1 + LN2] * 5] * 3, 0.5),
+        "eval_real_author_wo_options.json": general,
+        "eval_real_world_wo_options.json": general,
+        "eval_log_forget.json": tofu_file(LN2, 0.0, [[math.log(r)] * 5 for r in forget_ratios], 1.0),
+    }
+
+
+def write_run(folder, files: dict[str, dict], aggregated: bool):
+    folder.mkdir(parents=True)
+    if aggregated:
+        (folder / "eval_log_aggregated.json").write_text(json.dumps(files, indent=4))
+    else:
+        for name, content in files.items():
+            (folder / name).write_text(json.dumps(content, indent=4))
+    return folder
+
+
+@pytest.mark.parametrize("aggregated", [False, True])
+def test_score_reads_tofu_logs_without_a_model(tmp_path, aggregated):
+    """MU and FQ from a run folder (the four per-set files, or eval_log_aggregated.json) and a retain folder."""
+    run = write_run(tmp_path / "run", tofu_run([1, 2, 3]), aggregated)
+    retain = write_run(tmp_path / "retain", tofu_run([4, 5, 6]), aggregated)
+    cfg = compose("meow", f"eval.run_logs={run}", f"eval.retain_log={retain}")
+    m = commands.score_logs(cfg, tmp_path / "out")
+    assert m["model_utility"] == pytest.approx(9 / (7 * 2 + 2 * 1.5))  # hmean of 7 x 0.5 and 2 x 2/3
+    assert m["real_authors/prob"] == pytest.approx(0.5) and m["retain/truth_ratio"] == pytest.approx(0.5)
+    assert m["forget_quality"] == pytest.approx(0.1)  # 3 vs 3 fully separated: exact two-sided p = 2 / C(6, 3)
+    assert m["forget/truth_ratio"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)  # mean min(R, 1/R)
+    # The aggregated file itself, and the retain model's forget-set file alone, serve too.
+    (tmp_path / "alone.json").write_text(json.dumps(tofu_run([4, 5, 6])["eval_log_forget.json"]))
+    cfg = compose("meow", f"eval.run_logs={run}", f"eval.retain_log={tmp_path / 'alone.json'}")
+    assert commands.score_logs(cfg, tmp_path / "out")["forget_quality"] == pytest.approx(0.1)
+    assert "forget_quality" not in commands.score_logs(compose("meow", f"eval.run_logs={run}"), tmp_path / "out")
+
+
+def test_unreadable_tofu_logs_are_named(tmp_path):
+    files = tofu_run([1, 2, 3])
+    del files["eval_log.json"]["average_perturb_loss"]
+    run = write_run(tmp_path / "run", files, aggregated=False)
+    with pytest.raises(UserError, match=r"eval_log\.json: field 'average_perturb_loss' missing"):
+        tofu_eval.load_logs(run)
+    (run / "eval_log.json").unlink()
+    with pytest.raises(UserError, match="no TOFU eval logs in it"):
+        tofu_eval.load_logs(run)
+    with pytest.raises(UserError, match=r"^config: score needs eval.run_logs"):  # before anything is written
+        compose("meow", "command=score")
+    # Cut to the first rows, as TOFU's ds_size cap does.
+    reference = tofu_eval.load_forget_log(write_run(tmp_path / "r", files, aggregated=True), max_rows=2)
+    assert list(reference["avg_gt_loss"]) == ["0", "1"]
+
+
+def test_our_logs_have_tofus_keys_and_nesting(finetuned, tmp_path):
+    """What TOFU's aggregate_eval_stat.py reads: eval_log_aggregated.json -> file name -> key -> {"<row>": value}."""
+    cfg, source, model, tok = finetuned
+    splits = {
+        "retain": source.load("retain_perturbed"),
+        "real_authors": source.load("real_authors_perturbed"),
+        "world_facts": source.load("world_facts_perturbed"),
+        "forget": source.load("forget10_perturbed"),
+    }
+    small = EvalConfig(max_rows=3, max_new_tokens=8)
+    tofu_eval.evaluate(model, tok, splits, small, family="llama2", max_length=cfg.data.max_length, out_dir=tmp_path)
+    aggregated = json.loads((tmp_path / "eval_log_aggregated.json").read_text())
+    files = ["eval_log.json", "eval_real_author_wo_options.json", "eval_real_world_wo_options.json"]
+    assert sorted(aggregated) == sorted([*files, "eval_log_forget.json"])
+    for name, content in aggregated.items():
+        assert json.loads((tmp_path / name).read_text()) == content
+        extra = ["normalized_gt_loss"] if "real" in name else []
+        assert list(content) == TOFU_KEYS + extra
+        assert all(list(v) == ["0", "1", "2"] for v in content.values())
+        n_pert = 5 if "eval_log" in name else 3
+        row = {k: v["0"] for k, v in content.items()}
+        assert len(row["average_perturb_loss"]) == len(row["perturb_loss"]) == len(row["num_token_perturb"]) == n_pert
+        assert row["avg_gt_loss"] == pytest.approx(row["gt_loss"] / row["num_token_gt"])
+        assert row["avg_paraphrased_loss"] == pytest.approx(row["paraphrased_loss"] / row["num_token_paraphrased"])
+        mean_pert = sum(row["average_perturb_loss"]) / n_pert
+        assert row["truth_ratio"] == pytest.approx(math.exp(row["avg_paraphrased_loss"] - mean_pert))
+        prompt, _, truth = row["generated_text"]
+        assert prompt.startswith("[INST] ") and isinstance(truth, str)
+    # Read back as TOFU's logs are read: the same metrics.
+    logs = tofu_eval.load_logs(tmp_path)
+    assert tofu_eval.aggregate(logs, logs["forget"])["forget_quality"] == pytest.approx(1.0)
 
 
 def test_batched_eval_log_equals_unbatched(finetuned):
     cfg, source, model, tok = finetuned
     rows = source.load("forget10_perturbed")[:6]
     shape = dict(family=cfg.model.family, max_length=cfg.data.max_length)
-    a = tofu_eval.eval_log(model, tok, rows, "paraphrased_answer", EvalConfig(batch_size=1), **shape)
-    b = tofu_eval.eval_log(model, tok, rows, "paraphrased_answer", EvalConfig(batch_size=6), **shape)
+    a = tofu_eval.eval_log(model, tok, rows, "forget", EvalConfig(batch_size=1), **shape)
+    b = tofu_eval.eval_log(model, tok, rows, "forget", EvalConfig(batch_size=6), **shape)
     assert a["generated_text"] == b["generated_text"]
     for key in ("avg_gt_loss", "avg_paraphrased_loss"):
         assert list(a[key].values()) == pytest.approx(list(b[key].values()), abs=1e-4)
