@@ -23,7 +23,8 @@ import openslide
 import torch
 
 from methods.m4.config import ExtractConfig, TileConfig
-from methods.m4.extract import SlideJob, build_backbone, extract, output_paths
+from methods.m4.encoders import build_backbone
+from methods.m4.extract import SlideJob, extract, output_paths
 from methods.m4.slides import render_slide, write_pyramid_tiff
 from methods.m4.tiling import tile_slide
 

@@ -16,7 +16,7 @@ COMMANDS = {
     ),
     "extract": Command(
         commands.extract,
-        "patch features with a timm backbone (resumable, shard=i num_shards=n)",
+        "patch features with a pathology or timm encoder (resumable, shard=i num_shards=n)",
         reads="the slides and their patches/<key>/",
         writes="<work>/features/<backbone>-<key>/{h5_files,pt_files}/, extract_summary.json",
         keys=(*DATA, "tile", "extract", "shard", "num_shards", "trainer.progress"),

@@ -19,6 +19,7 @@ from methods.m4 import cohort
 from methods.m4 import train as m4train
 from methods.m4.config import M4Config
 from methods.m4.data import make_splits, split_records
+from methods.m4.extract import feature_width
 from methods.m4.metrics import auc_table
 from methods.m4.tiling import list_slides
 
@@ -72,8 +73,8 @@ def eval(cfg: M4Config, run_dir: Path) -> dict[str, float]:  # noqa: A001 - the 
     """Re-score the saved best models of a train run on each split's test patients (features from data.*)."""
     source = train_run(cfg.eval.run_dir)
     paths = cohort.cohort_paths(cfg, make_synthetic=False)
-    labels, _ = cohort.labels_with_features(cfg, paths)
-    scored = m4train.score_saved(source, labels, paths.features_dir)
+    labels, feat_dim = cohort.labels_with_features(cfg, paths)
+    scored = m4train.score_saved(source, labels, paths.features_dir, feat_dim)
     metrics = m4train.collect(scored, labels, cfg.train.threshold, run_dir)
     print("\n" + auc_table(metrics))
     return metrics
@@ -93,6 +94,9 @@ def heatmap(cfg: M4Config, run_dir: Path) -> dict[str, float]:
     model, meta = m4train.load_model(model_dir)
     paths = cohort.cohort_paths(cfg, make_synthetic=False)
     slides = list(h.slides) or splits[h.split]["test"][: h.max_slides]
+    width = feature_width(paths.features_dir, slides)
+    if width is not None:
+        m4train.check_width(meta, model_dir, width, paths.features_dir)
     written = attention_heatmaps(
         model, meta["genes"], slides, paths.slides(), paths.features_dir, run_dir, h.thumbnail_size
     )

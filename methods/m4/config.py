@@ -28,7 +28,12 @@ class DataConfig:
     features_dir: Optional[str] = opt(
         None, "h5_files/ + pt_files/ made elsewhere (CLAM, TRIDENT), used as they are", exists=PATH
     )
-    slide_mpp: Optional[float] = opt(None, "microns per level-0 pixel, for slides that lack it", gt=0)
+    slide_mpp: Optional[float] = opt(
+        None, "microns per level-0 pixel for slides that record neither mpp nor objective power (a fallback)", gt=0
+    )
+    mpp_csv: Optional[str] = opt(
+        None, "per-slide level-0 mpp, columns wsi,mpp (TRIDENT's); wins over what a slide records", exists=PATH
+    )
 
     def check(self) -> None:
         if self.slides_dir and not (self.work_dir or self.features_dir):
@@ -61,6 +66,7 @@ class TileConfig:
     )
     min_hole_um2: float = opt(2500.0, "holes in tissue smaller than this (square microns) are filled", ge=0)
     min_speck_um2: float = opt(5000.0, "tissue specks smaller than this (square microns) are dropped", ge=0)
+    pad_edges: bool = opt(False, "also cover the last partial row and column (CLAM's default); past the edge is white")
 
     def check(self) -> None:
         if self.overlap >= self.patch_size:
@@ -72,18 +78,21 @@ class TileConfig:
 @dataclass
 class ExtractConfig:
     backbone: str = opt(
-        "retccl", "retccl (ResNet-50, 2048-d, as the paper), any timm name, or <timm name>_trunc (stage 3)"
+        "retccl",
+        "an encoder of methods/m4/encoders.py (retccl: the paper's, uni_v1, virchow2, ...), a timm name, or <name>_trunc",
     )
     weights: str = opt(
         "hub",
-        "hub (timm's pretrained weights), random, or a local .pth/.pt/.safetensors file",
+        "hub (the authors' hub weights), random, a local weights file or a Hugging Face snapshot folder",
         choices=("hub", "random"),
         exists=PATH,
     )
     allow_random_weights: bool = opt(
-        False, "let weights=random run (meaningless features: tests and the demo only)", key=False
+        False,
+        "let weights=random run on real slides (meaningless features; the synthetic demo needs no flag)",
+        key=False,
     )
-    input_size: int = opt(256, "side the patches are resized to before the backbone", ge=16)
+    input_size: Optional[int] = opt(None, "side the patches are resized to; null: the encoder's native size", ge=16)
     batch_size: int = opt(64, "patches per backbone pass", ge=1, key=False)
     num_workers: int = opt(2, "DataLoader workers reading patches", ge=0, key=False)
     device: str = opt("auto", "auto: cuda when available", choices=("auto", "cpu", "cuda"), key=False)
@@ -114,6 +123,9 @@ class TrainConfig:
     split_seed: int = opt(42, "seed of the patient splits")
     stratify_gene: Optional[str] = opt(None, "kfold: the gene folds are stratified on; null: the rarest")
     threshold: float = opt(0.5, "probability threshold of F1, accuracy, sensitivity and specificity", ge=0, le=1)
+    pos_weight: Optional[str] = opt(
+        None, "weight of positives in the BCE: null (official), balanced (negatives/positives per gene), or a number"
+    )
     cache_features: bool = opt(False, "keep bags in memory (small cohorts)", key=False)
     save_checkpoints: bool = opt(True, "per-epoch checkpoints for resume; the best weights are always kept", key=False)
     # Bags of a few dozen patches make ops so small that 2 OpenMP threads spend more time synchronising than
@@ -125,6 +137,15 @@ class TrainConfig:
     def check(self) -> None:
         if self.protocol == "kfold" and self.n_splits < 2:
             raise UserError(f"config: train.n_splits={self.n_splits}: kfold needs at least 2 folds")
+        if self.pos_weight not in (None, "balanced") and not _positive(self.pos_weight):
+            raise UserError(f"config: train.pos_weight={self.pos_weight}: null, balanced or a positive number")
+
+
+def _positive(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -174,3 +195,14 @@ class M4Config(BaseConfig):
             raise UserError(f"config: cohort {d.cohort}: set data.slides_dir (+ data.work_dir) or data.features_dir")
         if d.cohort != "synthetic" and self.command in ("train", "eval") and d.labels_csv is None:
             raise UserError(f"config: cohort {d.cohort}: `{self.command}` needs data.labels_csv")
+        e = self.extract
+        # conf/m4.yaml's random backbone is the synthetic demo's; on real slides it must not carry over unnoticed
+        # (`tile` makes no features; every other command extracts or reads features keyed by the encoder).
+        real = d.slides_dir and not d.features_dir and self.command != "tile"
+        if real and e.weights == "random" and not e.allow_random_weights:
+            raise UserError(
+                f"config: extract.weights=random (the synthetic demo's {e.backbone}) gives meaningless features on "
+                "real slides: set extract.backbone and extract.weights to a pretrained encoder (e.g. "
+                "extract.backbone=uni_v1 extract.weights=/models/uni extract.input_size=null; methods/m4/README.md, "
+                "Encoders), or extract.allow_random_weights=true to insist"
+            )

@@ -62,15 +62,14 @@ def read_labels(path: str | Path, genes: Sequence[str] = ()) -> Labels:
     y = np.zeros((len(df), len(genes)), np.float32)
     for k, gene in enumerate(genes):
         col = df[gene]
-        values = sorted(set(col.dropna().tolist()))
-        if col.isna().any() or len(values) > 2:
-            row = int(col.isna().idxmax()) + 2 if col.isna().any() else None
-            where = f"line {row}: empty" if row else f"values {values[:5]}"
-            raise UserError(f"{path}: column '{gene}' must be binary ({where})")
-        # 0/1 keep their meaning; other binary codings map sorted distinct values to 0 and 1, as the official code
-        # does (which would also turn an all-1 column into all-0: hence the 0/1 case first).
-        codes = {v: float(v) for v in values} if set(values) <= {0, 1} else {v: float(i) for i, v in enumerate(values)}
-        y[:, k] = col.map(codes).to_numpy()
+        if col.isna().any():
+            raise UserError(f"{path}: column '{gene}' must be 0/1 (line {int(col.isna().idxmax()) + 2}: empty)")
+        # Only 0/1 (true/false read as such): {1, 2}, {0, 2} or {no, yes} have no safe meaning for "mutated".
+        values = set(col.tolist())
+        if not values <= {0, 1}:
+            found = ", ".join(sorted(map(str, values))[:6])
+            raise UserError(f"{path}: column '{gene}' must be 0/1 (1 = mutated); found {found}")
+        y[:, k] = col.astype(np.float32).to_numpy()
     return Labels(df.case_id.tolist(), df.slide_id.tolist(), genes, y)
 
 

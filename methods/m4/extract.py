@@ -12,138 +12,20 @@ cannot be opened or read is reported and skipped; a slide without tissue patches
 
 from __future__ import annotations
 
-import logging
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
-from torch import nn
 
-from common.errors import UserError
 from common.io import atomic_write
 from common.items import Outcome, reason
 from methods.m4.config import ExtractConfig
-from methods.m4.tiling import read_coords
+from methods.m4.encoders import Backbone
+from methods.m4.tiling import read_coords, slide_id_of
 
-log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Backbones
-
-
-@dataclass
-class Backbone:
-    model: nn.Module  # [B, 3, S, S] normalised -> [B, dim]
-    dim: int
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-
-
-class _TruncatedPool(nn.Module):
-    """A timm trunk cut after its third stage, then global average pooling (CLAM's resnet50_trunc: 1024-d)."""
-
-    def __init__(self, trunk: nn.Module):
-        super().__init__()
-        self.trunk = trunk
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.trunk(x)[-1].mean(dim=(2, 3))
-
-
-def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise UserError(f"{path}: backbone weights file not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - pickled code objects, a truncated file, ...
-            raise UserError(
-                f"{path}: cannot load weights safely ({type(e).__name__}: {str(e).splitlines()[0]})"
-            ) from None
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise UserError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return {k.removeprefix("module.").removeprefix("encoder."): v for k, v in state.items()}
-
-
-def _apply_weights(model: nn.Module, path: Path) -> None:
-    """Load a local checkpoint, ignoring classifier heads (RetCCL keeps a 128-d `fc`); all trunk weights must fit."""
-    state = {k: v for k, v in _load_state_dict(path).items() if not k.startswith(("fc.", "head.", "classifier."))}
-    target = model.trunk if isinstance(model, _TruncatedPool) else model
-    missing, unexpected = target.load_state_dict(state, strict=False)
-    if missing:
-        raise UserError(f"{path}: weights miss {len(missing)} backbone tensors (e.g. {', '.join(missing[:3])})")
-    if unexpected and isinstance(model, _TruncatedPool):
-        unexpected = [k for k in unexpected if not k.startswith("layer4.")]  # the truncated trunk drops layer4
-    if unexpected:
-        log.warning(
-            "%s: %d tensors not used by the backbone (e.g. %s)", path, len(unexpected), ", ".join(unexpected[:3])
-        )
-
-
-def build_backbone(cfg: ExtractConfig) -> Backbone:
-    """A timm backbone by name, `<timm name>_trunc` for a trunk cut after stage 3, or `retccl` (ResNet-50, 2048-d).
-
-    weights: "hub" (timm's pretrained weights, downloaded if reachable), a local .pth/.pt/.safetensors file, or
-    "random", which needs allow_random_weights because such features mean nothing on real slides.
-    """
-    import timm
-
-    name, weights = cfg.backbone, cfg.weights
-    arch = {"retccl": "resnet50", "resnet50_trunc": "resnet50.tv_in1k"}.get(name, name)
-    truncated = name.endswith("_trunc")
-    if truncated and name != "resnet50_trunc":
-        arch = name.removesuffix("_trunc")
-    if weights == "random" and not cfg.allow_random_weights:
-        raise UserError(
-            "extract.weights=random gives meaningless features; set extract.allow_random_weights=true to insist"
-        )
-    if name == "retccl" and weights == "hub":
-        raise UserError(
-            "RetCCL weights are not on a hub: download them (github.com/Xiyue-Wang/RetCCL) and set extract.weights=<file>"
-        )
-    pretrained = weights == "hub"
-    kwargs = {"features_only": True, "out_indices": (3,)} if truncated else {"num_classes": 0}
-    try:
-        model = timm.create_model(arch, pretrained=pretrained, **kwargs)
-    except RuntimeError as e:
-        if "Unknown model" in str(e):
-            raise UserError(f"extract.backbone: unknown timm model '{arch}'") from None
-        raise
-    except OSError as e:  # no network / no cached hub weights
-        raise UserError(
-            f"cannot fetch pretrained weights for '{arch}' ({str(e).splitlines()[0]}); set extract.weights=<local file>"
-        ) from None
-    if truncated:
-        model = _TruncatedPool(model)
-    if weights not in ("hub", "random"):
-        _apply_weights(model, Path(weights))
-    if weights == "random":
-        warnings.warn(
-            f"extract: backbone '{name}' has RANDOM weights (extract.allow_random_weights=true); "
-            "use this only for tests and the synthetic demo",
-            stacklevel=2,
-        )
-    model.eval()
-    with torch.inference_mode():
-        dim = model(torch.zeros(1, 3, 64, 64)).shape[-1]
-    norm = (
-        getattr(model, "pretrained_cfg", None) or getattr(getattr(model, "trunk", None), "pretrained_cfg", None) or {}
-    )
-    return Backbone(model, dim, tuple(norm.get("mean", IMAGENET_MEAN)), tuple(norm.get("std", IMAGENET_STD)))
+TILE_FAILED = ".tile_failed.txt"  # beside a slide's would-be coordinates: why tiling it failed
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -192,10 +74,14 @@ class PatchDataset(torch.utils.data.Dataset):
         job = self.jobs[j]
         x, y = (int(v) for v in job.coords[k - self.start[j]])
         try:
-            img = self._slide(j).read_region((x, y), job.level, (job.read_size, job.read_size)).convert("RGB")
+            rgba = self._slide(j).read_region((x, y), job.level, (job.read_size, job.read_size))
         except Exception as e:  # noqa: BLE001 - openslide.OpenSlideError and friends; reported per slide by the caller
             self._open = None
             return torch.zeros(3, self.out_size, self.out_size, dtype=torch.uint8), j, f"{type(e).__name__}: {e}"
+        # OpenSlide returns transparent pixels past the slide's edge (tile.pad_edges) and for missing tiles: white glass,
+        # not the black a plain RGB conversion would give.
+        img = Image.new("RGB", rgba.size, (255, 255, 255))
+        img.paste(rgba, mask=rgba.getchannel("A"))
         if img.size[0] != self.out_size:
             img = img.resize((self.out_size, self.out_size), Image.BILINEAR)
         return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1), j, ""
@@ -220,15 +106,17 @@ def remove_stale_tmp(features_dir: Path, slide_id: str) -> None:
             stale.unlink(missing_ok=True)
 
 
-def write_features(features_dir: Path, job: SlideJob, features: np.ndarray) -> None:
+def write_features(features_dir: Path, job: SlideJob, features: np.ndarray, encoder: dict | None = None) -> None:
+    """`encoder`: the backbone's name, weights, width, input size and normalisation, kept as the features' attributes."""
     h5_path, pt_path = output_paths(features_dir, job.slide_id)
     with atomic_write(pt_path) as tmp:
         torch.save(torch.from_numpy(features), tmp)
     # Last: its presence (with the .pt) marks the slide done.
     with atomic_write(h5_path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset(
+        ds = f.create_dataset(
             "features", data=features, dtype=np.float32, chunks=(min(32, max(len(features), 1)), features.shape[1])
         )
+        ds.attrs.update(encoder or {})
         coords = f.create_dataset("coords", data=job.coords.astype(np.int64))
         coords.attrs.update(job.coord_attrs)
 
@@ -240,6 +128,14 @@ def load_features(features_dir: Path, slide_id: str) -> torch.Tensor:
         return torch.load(pt_path, map_location="cpu", weights_only=True).float()
     with h5py.File(h5_path, "r") as f:
         return torch.from_numpy(f["features"][:]).float()
+
+
+def feature_width(features_dir: Path, slide_ids: list[str]) -> int | None:
+    """Width of the features of the first of `slide_ids` that has any; None when none has."""
+    for sid in slide_ids:
+        if any(p.is_file() for p in output_paths(features_dir, sid)):
+            return int(load_features(features_dir, sid).shape[1])
+    return None
 
 
 def load_coords(features_dir: Path, slide_id: str) -> np.ndarray:
@@ -255,8 +151,6 @@ def plan_jobs(slides: list[Path], patches_dir: Path, features_dir: Path) -> tupl
     """Jobs for slides still to do; outcomes for those already done, empty, unreadable or without coordinates."""
     import openslide
 
-    from methods.m4.tiling import slide_id_of
-
     jobs, outcomes = [], []
     for path in slides:
         sid = slide_id_of(path)
@@ -266,7 +160,7 @@ def plan_jobs(slides: list[Path], patches_dir: Path, features_dir: Path) -> tupl
         remove_stale_tmp(features_dir, sid)
         coords_file = patches_dir / f"{sid}.h5"
         if not coords_file.is_file():
-            outcomes.append(Outcome(sid, "failed", message=f"no coordinates file {coords_file} (run tile first)"))
+            outcomes.append(Outcome(sid, "failed", message=_no_coords(patches_dir, sid)))
             continue
         try:
             with openslide.OpenSlide(str(path)):
@@ -284,6 +178,13 @@ def plan_jobs(slides: list[Path], patches_dir: Path, features_dir: Path) -> tupl
     return jobs, outcomes
 
 
+def _no_coords(patches_dir: Path, slide_id: str) -> str:
+    failed = patches_dir / f"{slide_id}{TILE_FAILED}"
+    if failed.is_file():
+        return f"no coordinates: tiling this slide failed ({failed.read_text().strip()})"
+    return f"no coordinates in {patches_dir}: run tile first (tile_summary.json lists what it did)"
+
+
 def extract(
     jobs: list[SlideJob], backbone: Backbone, features_dir: Path, cfg: ExtractConfig, progress: bool = True
 ) -> list[Outcome]:
@@ -299,7 +200,7 @@ def extract(
         model = model.to(memory_format=torch.channels_last)
     mean = torch.tensor(backbone.mean, device=dev).view(1, 3, 1, 1) * 255
     std = torch.tensor(backbone.std, device=dev).view(1, 3, 1, 1) * 255
-    dataset = PatchDataset(jobs, cfg.input_size)
+    dataset = PatchDataset(jobs, backbone.input_size)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=cfg.batch_size,
@@ -331,7 +232,7 @@ def extract(
                     if j in errors:
                         outcomes.append(Outcome(job.slide_id, "failed", len(job.coords), errors[int(j)]))
                     else:
-                        write_features(features_dir, job, np.concatenate(parts).astype(np.float32))
+                        write_features(features_dir, job, np.concatenate(parts).astype(np.float32), backbone.meta)
                         outcomes.append(Outcome(job.slide_id, "done", len(job.coords)))
             bar.update(len(images))
     bar.close()

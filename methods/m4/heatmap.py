@@ -61,12 +61,13 @@ def attention_heatmaps(
     from PIL import Image
 
     from methods.m4.extract import load_features, output_paths
+    from methods.m4.tiling import list_slides, slide_id_of
 
+    files = {slide_id_of(p): p for p in list_slides(slides_dir)}
     written = []
     model.eval()
     for sid in slide_ids:
-        candidates = sorted(slides_dir.glob(f"{sid}.*"))
-        if not candidates:
+        if sid not in files:
             raise UserError(f"{slides_dir}: no slide file for '{sid}'")
         h5_path = output_paths(features_dir, sid)[0]
         if not h5_path.is_file():
@@ -76,7 +77,7 @@ def attention_heatmaps(
             size0 = _patch_size_level0(dict(f["coords"].attrs))
         with torch.no_grad():
             _, attention = model(load_features(features_dir, sid), return_attention=True)
-        with openslide.OpenSlide(str(candidates[0])) as slide:
+        with openslide.OpenSlide(str(files[sid])) as slide:
             thumb = np.asarray(slide.get_thumbnail((thumbnail_size, thumbnail_size)).convert("RGB"))
             scale = slide.dimensions[0] / thumb.shape[1]
         for gene, scores in zip(genes, attention.numpy(), strict=True):

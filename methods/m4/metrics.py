@@ -1,4 +1,8 @@
-"""Per-gene AUC, F1, accuracy, sensitivity and specificity (threshold 0.5, as the official code), mean +/- std over splits.
+"""Per-gene AUC, F1, accuracy, sensitivity and specificity, mean +/- std over splits.
+
+F1, accuracy, sensitivity and specificity are taken at threshold 0.5, as the official code, for comparability; with
+rare mutations and no class weighting a model may call every slide negative there, so the same four are also given
+at a threshold tuned per gene on the validation split (Youden's J), as `<metric>_tuned`, with `threshold_tuned`.
 
 A gene whose evaluation set holds a single class has no ROC curve: its AUC is NaN and a note says so; the other
 metrics are still computed. Means over genes and splits skip NaNs.
@@ -16,16 +20,29 @@ import numpy as np
 from common.results import markdown_table, mean_std
 
 METRICS = ("auc", "f1", "acc", "sens", "spec")
+TUNED = ("f1_tuned", "acc_tuned", "sens_tuned", "spec_tuned", "threshold_tuned")
+
+
+def _at_threshold(y_true: np.ndarray, y_prob: np.ndarray, threshold: float) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+    y_pred = (np.asarray(y_prob) >= threshold).astype(int)
+    return {
+        "f1": float(f1_score(y_true, y_pred, zero_division=0)),
+        "acc": float(accuracy_score(y_true, y_pred)),
+        "sens": float(recall_score(y_true, y_pred, pos_label=1, zero_division=0)) if (y_true == 1).any() else math.nan,
+        "spec": float(recall_score(y_true, y_pred, pos_label=0, zero_division=0)) if (y_true == 0).any() else math.nan,
+    }
 
 
 def binary_metrics(
-    y_true: np.ndarray, y_prob: np.ndarray, threshold: float = 0.5
+    y_true: np.ndarray, y_prob: np.ndarray, threshold: float = 0.5, tuned: float | None = None
 ) -> tuple[dict[str, float], str | None]:
-    """Metrics of one gene on one evaluation set, and a note when the AUC is undefined."""
-    from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
+    """Metrics of one gene on one evaluation set (with `tuned`, also at that threshold), and a note when the AUC is
+    undefined."""
+    from sklearn.metrics import roc_auc_score
 
     y_true = np.asarray(y_true).astype(int)
-    y_pred = (np.asarray(y_prob) >= threshold).astype(int)
     classes = np.unique(y_true)
     note = None
     if len(classes) < 2:
@@ -33,13 +50,24 @@ def binary_metrics(
         note = f"only class {int(classes[0]) if len(classes) else '-'} present ({len(y_true)} slides): AUC undefined"
     else:
         auc = float(roc_auc_score(y_true, y_prob))
-    return {
-        "auc": auc,
-        "f1": float(f1_score(y_true, y_pred, zero_division=0)),
-        "acc": float(accuracy_score(y_true, y_pred)),
-        "sens": float(recall_score(y_true, y_pred, pos_label=1, zero_division=0)) if (y_true == 1).any() else math.nan,
-        "spec": float(recall_score(y_true, y_pred, pos_label=0, zero_division=0)) if (y_true == 0).any() else math.nan,
-    }, note
+    out = {"auc": auc, **_at_threshold(y_true, y_prob, threshold)}
+    if tuned is not None:
+        out |= {f"{k}_tuned": v for k, v in _at_threshold(y_true, y_prob, tuned).items()}
+        out["threshold_tuned"] = tuned
+    return out, note
+
+
+def tuned_threshold(y_true: np.ndarray, y_prob: np.ndarray, default: float = 0.5) -> float:
+    """The threshold maximising Youden's J (sensitivity + specificity - 1) on a validation set; `default` when the
+    set holds one class or no threshold beats chance."""
+    from sklearn.metrics import roc_curve
+
+    y_true = np.asarray(y_true).astype(int)
+    if len(np.unique(y_true)) < 2:
+        return default
+    fpr, tpr, thresholds = roc_curve(y_true, y_prob)
+    best = int(np.argmax(tpr - fpr))
+    return float(thresholds[best]) if tpr[best] > fpr[best] and np.isfinite(thresholds[best]) else default
 
 
 def nanmean(values: Sequence[float]) -> float:
@@ -53,12 +81,17 @@ def nanstd(values: Sequence[float]) -> float:
 
 
 def gene_table(
-    y_true: np.ndarray, y_prob: np.ndarray, genes: Sequence[str], threshold: float = 0.5
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    genes: Sequence[str],
+    threshold: float = 0.5,
+    tuned: Sequence[float] | None = None,
 ) -> tuple[dict[str, dict[str, float]], list[str]]:
-    """{gene: metrics} for one split ([n, T] arrays), and notes for genes whose AUC is undefined."""
+    """{gene: metrics} for one split ([n, T] arrays; `tuned`: a threshold per gene), and notes for genes whose AUC is
+    undefined."""
     table, notes = {}, []
     for k, gene in enumerate(genes):
-        table[gene], note = binary_metrics(y_true[:, k], y_prob[:, k], threshold)
+        table[gene], note = binary_metrics(y_true[:, k], y_prob[:, k], threshold, tuned[k] if tuned else None)
         if note:
             notes.append(f"{gene}: {note}")
     return table, notes
@@ -68,13 +101,14 @@ def summarize(per_split: Sequence[dict[str, dict[str, float]]], prefix: str) -> 
     """Flat `<prefix>/<gene>/<metric>_mean|_std` over splits, plus `<prefix>/mean/<metric>_mean|_std`, where the
     mean over genes is taken within each split first (as the official test_auc_f1_acc.csv)."""
     genes = list(per_split[0])
+    metrics = [m for m in (*METRICS, *TUNED) if all(m in s[g] for s in per_split for g in genes)]
     out: dict[str, float] = {}
     for gene in genes:
-        for m in METRICS:
+        for m in metrics:
             vals = [s[gene][m] for s in per_split]
             out[f"{prefix}/{gene}/{m}_mean"] = nanmean(vals)
             out[f"{prefix}/{gene}/{m}_std"] = nanstd(vals)
-    for m in METRICS:
+    for m in metrics:
         per_split_mean = [nanmean([s[g][m] for g in genes]) for s in per_split]
         out[f"{prefix}/mean/{m}_mean"] = nanmean(per_split_mean)
         out[f"{prefix}/mean/{m}_std"] = nanstd(per_split_mean)

@@ -1,5 +1,6 @@
 """Training, scoring and collecting: every model of `train.models` on every split, the best epoch by mean validation
-AUC (as the official code), then per-gene test metrics, mean ± std over splits.
+AUC (as the official code), then per-gene test metrics, mean ± std over splits: at threshold 0.5 (official) and at a
+per-gene threshold tuned on the split's validation slides (kept in model.json, so `eval` scores the same way).
 
 A trained model lives in `<run>/<model>/<split>[/<gene>]/model/` (safetensors + model.json with its build arguments,
 genes, split and test slides); M4's experts are saved in the official one-after-another layout whatever form trained.
@@ -35,6 +36,7 @@ class ModelRun:
     gene_cols: list[int]
     split: m4data.Split
     out_dir: Path
+    thresholds: list[float] | None = None  # per gene column, tuned on validation; None for models saved before them
 
 
 Scored = dict[str, list[tuple[ModelRun, np.ndarray]]]  # model name -> (run, test probabilities) per split (and gene)
@@ -44,6 +46,28 @@ def bce_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -
     """BCE per gene on the towers' probabilities, summed over genes with equal weight (official)."""
     x, y = batch
     return F.binary_cross_entropy(model(x).float(), y, reduction="sum"), {}
+
+
+def weighted_bce(pos_weight: torch.Tensor):
+    """BCE with positives weighted per gene ([T]); the model outputs probabilities, so the weight goes on the terms."""
+
+    def loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        x, y = batch
+        weight = torch.where(y > 0, pos_weight.to(y.device), torch.ones_like(y))
+        return F.binary_cross_entropy(model(x).float(), y, weight=weight, reduction="sum"), {}
+
+    return loss
+
+
+def pos_weights(setting: str | None, y_train: np.ndarray) -> torch.Tensor | None:
+    """train.pos_weight for the genes of y_train ([n, T]): None, negatives/positives per gene, or one number."""
+    if setting is None:
+        return None
+    if setting != "balanced":
+        return torch.full((y_train.shape[1],), float(setting))
+    positives = y_train.sum(0)
+    # A gene without positives in training has nothing to up-weight.
+    return torch.from_numpy(np.where(positives > 0, (len(y_train) - positives) / np.maximum(positives, 1), 1.0)).float()
 
 
 @torch.no_grad()
@@ -81,6 +105,7 @@ def fit_model(cfg: M4Config, run: ModelRun, labels: m4data.Labels, features_dir:
     val_ds = m4data.BagDataset(labels, run.split.val, features_dir, run.gene_cols, cfg.train.cache_features)
     set_seed(cfg.seed)  # the same initial weights for a model on every split
     model = create("m4.model", run.name, **run.kwargs)
+    weight = pos_weights(cfg.train.pos_weight, labels.y[run.split.train][:, run.gene_cols])
     # Without checkpoints short runs are cheaper to redo than to checkpoint every epoch.
     never = {} if cfg.train.save_checkpoints else {"save_every": 10**12}
     trainer = dataclasses.replace(cfg.trainer, best_metric="val_mean_auc", best_mode="max", **never)
@@ -88,7 +113,7 @@ def fit_model(cfg: M4Config, run: ModelRun, labels: m4data.Labels, features_dir:
         model=model,
         train_data=train_ds,
         collate=m4data.collate_bag,
-        loss=bce_loss,
+        loss=bce_loss if weight is None else weighted_bce(weight),
         evaluate=lambda m: _val_score(m, val_ds, genes),
     )
     logger = make_logger(cfg.logger, run.out_dir)
@@ -111,6 +136,7 @@ def save_model(model: torch.nn.Module, run: ModelRun, genes: list[str], test_sli
         genes=[genes[c] for c in run.gene_cols],
         split=run.split.name,
         test_slides=test_slides,
+        thresholds=run.thresholds,
     )
 
 
@@ -138,6 +164,9 @@ def train_models(
                     name, model_kwargs(name, cfg.mil, feat_dim, len(cols)), cols, split, run_dir / name / sub
                 )
                 model = fit_model(cfg, run, labels, features_dir)
+                val = score(model, labels, split.val, cols, features_dir)
+                y_val = labels.y[split.val][:, cols]
+                run.thresholds = [m4metrics.tuned_threshold(y_val[:, k], val[:, k]) for k in range(len(cols))]
                 save_model(model, run, labels.genes, [labels.slide_ids[r] for r in split.test])
                 scored.setdefault(name, []).append((run, score(model, labels, split.test, cols, features_dir)))
         metrics[f"{name}/train_seconds"] = time.perf_counter() - started
@@ -158,17 +187,22 @@ def collect(scored: Scored, labels: m4data.Labels, threshold: float, run_dir: Pa
     for name, items in scored.items():
         by_split: dict[str, dict[int, np.ndarray]] = {}
         rows_of: dict[str, list[int]] = {}
+        tuned: dict[str, dict[int, float]] = {}
         for run, probs in items:
             rows_of[run.split.name] = run.split.test
             for k, c in enumerate(run.gene_cols):
                 by_split.setdefault(run.split.name, {})[c] = probs[:, k]
+                if run.thresholds is not None:
+                    tuned.setdefault(run.split.name, {})[c] = run.thresholds[k]
         per_split, frames = [], []
         curves: dict[str, list] = {g: [] for g in labels.genes}
         for split_name, cols in by_split.items():
             order = sorted(cols)
             genes, rows = [labels.genes[c] for c in order], rows_of[split_name]
             y, probs = labels.y[rows][:, order], np.stack([cols[c] for c in order], axis=1)
-            table, notes = m4metrics.gene_table(y, probs, genes, threshold)
+            cuts = tuned.get(split_name, {})
+            thresholds = [cuts[c] for c in order] if len(cuts) == len(order) else None
+            table, notes = m4metrics.gene_table(y, probs, genes, threshold, thresholds)
             per_split.append(table)
             for note in notes:
                 print(f"note: {name} {split_name}: {note}")
@@ -190,18 +224,30 @@ def collect(scored: Scored, labels: m4data.Labels, threshold: float, run_dir: Pa
     return out
 
 
-def score_saved(source: Path, labels: m4data.Labels, features_dir: Path) -> Scored:
+def check_width(meta: dict, model_dir: Path, feat_dim: int, features_dir: Path) -> None:
+    """Features of another encoder than the model was trained on: one line naming both widths and dirs."""
+    trained = meta["kwargs"]["feat_input"]
+    if trained != feat_dim:
+        raise UserError(
+            f"the features in {features_dir} are {feat_dim}-d but {model_dir} was trained on {trained}-d features: "
+            "give the data.* / extract.* settings (or data.features_dir) of the features it was trained on"
+        )
+
+
+def score_saved(source: Path, labels: m4data.Labels, features_dir: Path, feat_dim: int) -> Scored:
     """The saved best models of a train run, scored again on their split's test slides."""
     index = {s: i for i, s in enumerate(labels.slide_ids)}
     scored: Scored = {}
     for meta_path in sorted(source.glob("*/**/model/model.json")):
+        check_width(read_meta(meta_path.parent), meta_path.parent, feat_dim, features_dir)
         model, meta = load_model(meta_path.parent)
         missing = [s for s in meta["test_slides"] if s not in index]
         if missing:
             raise UserError(f"test slides of {meta_path.parent} are not labelled: {', '.join(missing[:10])}")
         rows = [index[s] for s in meta["test_slides"]]
         cols = [labels.genes.index(g) for g in meta["genes"]]
-        run = ModelRun(meta["name"], meta["kwargs"], cols, m4data.Split(meta["split"], [], [], rows), meta_path.parent)
+        split = m4data.Split(meta["split"], [], [], rows)
+        run = ModelRun(meta["name"], meta["kwargs"], cols, split, meta_path.parent, meta.get("thresholds"))
         scored.setdefault(meta["name"], []).append((run, score(model, labels, rows, cols, features_dir)))
     if not scored:
         raise UserError(f"{source}: no trained models found")

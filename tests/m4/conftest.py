@@ -87,7 +87,7 @@ def slide40(tmp_path_factory):
 @pytest.fixture(scope="session")
 def backbone():
     """ResNet-18 with random weights (512-d), as the synthetic demo uses."""
-    from methods.m4.extract import build_backbone
+    from methods.m4.encoders import build_backbone
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -111,3 +111,12 @@ def extracted(cohort, backbone, tmp_path_factory):
     outcomes = extract(jobs, backbone, features, FAST, progress=False)
     assert sorted(o.status for o in outcomes) == ["done"] * 3
     return slides, patches, features, coords
+
+
+def write_plain_tiff(path: Path, rgb: np.ndarray, dpi: float | None = None) -> None:
+    """One tiled level, resolution in dots per inch (72: an image editor's default) or none at all."""
+    import tifffile
+
+    resolution = {"resolution": (dpi, dpi), "resolutionunit": "INCH"} if dpi else {}
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(rgb, photometric="rgb", tile=(256, 256), compression="zlib", metadata=None, **resolution)

@@ -5,15 +5,22 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 
+import h5py
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from common.config import compose
+from common.errors import UserError
+from common.items import ItemsFailed
+from methods.m4 import commands
 from methods.m4.cohort import cohort_paths
+from methods.m4.data import check_features, read_labels
 from methods.m4.slides import render_slide, write_pyramid_tiff
-from tests.m4.conftest import HEIGHT, WIDTH, run_cli
+from tests.m4.conftest import HEIGHT, WIDTH, run_cli, write_plain_tiff
 from tests.m4.test_extract import corrupt_level0_tiles
 
 
@@ -34,6 +41,7 @@ def test_corrupt_and_blank_slides_are_reported_while_the_others_finish(cohort, t
         f"data.work_dir={tmp_path / 'work'}",
         "extract.input_size=32",
         "extract.num_workers=0",
+        "extract.allow_random_weights=true",
     ]
     paths = cohort_paths(compose("m4", *common))
 
@@ -74,7 +82,7 @@ def test_corrupt_and_blank_slides_are_reported_while_the_others_finish(cohort, t
         "garbage": "failed",
         "truncated": "failed",
     }
-    assert "run tile first" in summary["garbage"]["message"]
+    assert summary["garbage"]["message"].startswith("no coordinates: tiling this slide failed (OpenSlide")
     assert "Error" in summary["badtiles"]["message"]
     features = paths.features_dir
     assert sorted(p.stem for p in (features / "h5_files").glob("*.h5")) == sorted(p.stem for p in good)
@@ -189,7 +197,9 @@ def test_train_eval_heatmap_end_to_end(tmp_path):
     proc = run_cli("eval", *small, f"eval.run_dir={run}", f"hydra.run.dir={tmp_path / 'eval'}", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = json.loads((tmp_path / "eval" / "results.json").read_text())["metrics"]
-    for key in ("m4/test/mean/auc_mean", "mmoe/test/TP53/f1_mean", "amil/test/CDH1/acc_mean"):
+    # The tuned-threshold metrics (thresholds kept in model.json) come back the same too.
+    keys = ("m4/test/mean/auc_mean", "mmoe/test/TP53/f1_mean", "amil/test/CDH1/acc_mean", "m4/test/TP53/f1_tuned_mean")
+    for key in (*keys, "amil/test/mean/sens_tuned_mean", "mmoe/test/GATA3/threshold_tuned_mean"):
         assert again[key] == metrics[key] or (math.isnan(again[key]) and math.isnan(metrics[key])), key
 
     proc = run_cli("heatmap", *small, f"heatmap.run_dir={run}", f"hydra.run.dir={tmp_path / 'heatmap'}", timeout=300)
@@ -197,3 +207,101 @@ def test_train_eval_heatmap_end_to_end(tmp_path):
     pngs = sorted((tmp_path / "heatmap").glob("*.png"))
     assert len(pngs) == 2 * len(genes)  # max_slides=2 test slides, one PNG per gene
     assert {p.name.rsplit("_", 1)[1] for p in pngs} == {f"{g}.png" for g in genes}
+
+
+TCGA = "TCGA-3C-AALI-01Z-00-DX2.CF4496E0-AB52-4F3E-BDF5-C34833B91B7C"
+
+
+def test_slides_without_a_usable_resolution_fail_alone_and_name_the_fix(cohort, tmp_path):
+    """A 72-dpi TIFF and a TIFF without resolution are per-slide failures with their reason; the TCGA slide keeps its
+    whole name through tile and extract; data.mpp_csv and data.slide_mpp then let every slide tile."""
+    slides_dir, _ = cohort
+    mixed = tmp_path / "slides"
+    mixed.mkdir()
+    os.symlink(sorted(slides_dir.glob("*.tiff"))[0], mixed / f"{TCGA}.svs")
+    rgb = render_slide((1, 0, 1, 0), HEIGHT, WIDTH, seed=7)
+    write_plain_tiff(mixed / "dpi72.tiff", rgb, dpi=72)
+    write_plain_tiff(mixed / "nompp.ome.tiff", rgb)
+    common = [
+        f"data.slides_dir={mixed}",
+        f"data.work_dir={tmp_path / 'work'}",
+        "extract.input_size=32",
+        "extract.num_workers=0",
+        "extract.allow_random_weights=true",
+    ]
+
+    with pytest.raises(ItemsFailed, match="^tile: 2 of 3 items failed"):
+        commands.tile(compose("m4", "command=tile", *common), tmp_path / "tile")
+    summary = {r["item"]: r for r in json.loads((tmp_path / "tile" / "tile_summary.json").read_text())}
+    assert {k: v["status"] for k, v in summary.items()} == {TCGA: "done", "dpi72": "failed", "nompp": "failed"}
+    assert summary["dpi72"]["message"].startswith("level-0 mpp 352.8 is coarser than the target 0.5 mpp")
+    assert "data.slide_mpp" in summary["nompp"]["message"] and "data.mpp_csv" in summary["nompp"]["message"]
+
+    cfg = compose("m4", "command=extract", *common)
+    with pytest.warns(UserWarning, match="RANDOM"), pytest.raises(ItemsFailed, match="2 of 3 items failed"):
+        commands.extract(cfg, tmp_path / "extract")
+    summary = {r["item"]: r for r in json.loads((tmp_path / "extract" / "extract_summary.json").read_text())}
+    assert summary[TCGA]["status"] == "done"
+    assert summary["dpi72"]["message"].startswith("no coordinates: tiling this slide failed (level-0 mpp 352.8")
+    labels = tmp_path / "labels.csv"  # as TCGA, CLAM and the official M4 CSVs write slide ids: with the UUID
+    labels.write_text(f"case_id,slide_id,TP53\nTCGA-3C-AALI,{TCGA},1\n")
+    check_features(read_labels(labels), cohort_paths(cfg).features_dir)
+
+    (tmp_path / "mpp.csv").write_text("wsi,mpp\ndpi72.tiff,0.5\n")
+    fixed = compose("m4", "command=tile", *common, f"data.mpp_csv={tmp_path / 'mpp.csv'}", "data.slide_mpp=0.5")
+    assert commands.tile(fixed, tmp_path / "tile2")["tile/done"] == 3
+    assert cohort_paths(fixed).patches_dir != cohort_paths(cfg).patches_dir  # other resolutions, other coordinates
+
+
+def test_tiling_by_magnification_end_to_end(slide40, tmp_path):
+    path, _ = slide40
+    (tmp_path / "slides").mkdir()
+    os.symlink(path, tmp_path / "slides" / "s40.tiff")
+    cfg = compose(
+        "m4",
+        "command=tile",
+        f"data.slides_dir={tmp_path / 'slides'}",
+        f"data.work_dir={tmp_path}",
+        "tile.target_magnification=20",
+    )
+    assert commands.tile(cfg, tmp_path / "run")["tile/done"] == 1
+    with h5py.File(cohort_paths(cfg).patches_dir / "s40.h5") as f:
+        a = dict(f["coords"].attrs)
+    assert (a["patch_level"], a["patch_size"], a["patch_size_level0"]) == (1, 256, 512)
+    assert a["target_magnification"] == pytest.approx(20) and a["level0_magnification"] == pytest.approx(40)
+
+
+def _saved_run(root, feat_input: int):
+    """A train run dir holding one M4 model trained on `feat_input`-d features, with slide 'a' as its test slide."""
+    from common.checkpoint import save_module
+    from methods.m4.model import m4
+
+    kwargs = {"feat_input": feat_input, "tasks": 1, "num_expert": 2, "hidden": 8}
+    save_module(
+        m4(**kwargs),
+        root / "m4" / "split0" / "model",
+        "m4.model",
+        "m4",
+        kwargs,
+        genes=["A"],
+        split="split0",
+        test_slides=["a"],
+    )
+    (root / "splits.json").write_text(json.dumps([{"name": "split0", "train": [], "val": [], "test": ["a"]}]))
+    return root
+
+
+def test_features_of_another_width_are_one_line_in_eval_and_heatmap(tmp_path):
+    features = tmp_path / "features"
+    (features / "pt_files").mkdir(parents=True)
+    torch.save(torch.zeros(4, 16), features / "pt_files" / "a.pt")
+    (tmp_path / "labels.csv").write_text("case_id,slide_id,A\np,a,1\n")
+    run = _saved_run(tmp_path / "run", feat_input=8)
+    data = [f"data.features_dir={features}", f"data.labels_csv={tmp_path / 'labels.csv'}"]
+    expected = f"the features in {features} are 16-d but {run / 'm4' / 'split0' / 'model'} was trained on 8-d features"
+    with pytest.raises(UserError, match=re.escape(expected)):
+        commands.eval(compose("m4", "command=eval", *data, f"eval.run_dir={run}"), tmp_path / "eval")
+    (tmp_path / "slides").mkdir()
+    cfg = compose("m4", "command=heatmap", *data, f"data.slides_dir={tmp_path / 'slides'}", f"heatmap.run_dir={run}")
+    with pytest.raises(UserError, match=re.escape(expected)):
+        commands.heatmap(cfg, tmp_path / "heatmap")

@@ -49,6 +49,21 @@ def test_cross_field_checks(override, message):
         compose("m4", *override.split())
 
 
+def test_the_demos_random_weights_do_not_carry_over_to_real_slides(tmp_path):
+    """conf/m4.yaml's random ResNet-18 is the synthetic demo's: on real slides a command that extracts (or reads
+    features keyed by the encoder) stops before anything runs, unless random weights are asked for explicitly."""
+    real = [f"data.slides_dir={tmp_path}", f"data.work_dir={tmp_path}"]
+    for command in ("extract", "train"):
+        with pytest.raises(
+            UserError, match=r"extract\.weights=random \(the synthetic demo's resnet18\) .* real slides"
+        ):
+            compose("m4", f"command={command}", *real)
+    assert compose("m4", "command=tile", *real).extract.weights == "random"  # tiling makes no features
+    assert compose("m4", "command=extract", *real, "extract.allow_random_weights=true").extract.weights == "random"
+    assert compose("m4", "command=extract", *real, "extract.backbone=uni_v1", f"extract.weights={tmp_path}")
+    assert compose("m4", "command=extract").extract.weights == "random"  # the synthetic demo
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Settings: caches keyed by what changes them, bad values caught before anything is written, per-command help
 
@@ -60,7 +75,10 @@ def test_tile_and_extract_settings_key_their_caches(tmp_path):
     base = paths()
     assert base.patches_dir.parent == tmp_path / "patches"
     assert base.features_dir.parent == tmp_path / "features" and base.features_dir.name.startswith("resnet18-")
-    for changed in ("tile.patch_size=224", "tile.target_mpp=1.0", "data.slide_mpp=0.25"):
+    mpp_csv = tmp_path / "mpp.csv"
+    mpp_csv.write_text("wsi,mpp\na.svs,0.25\n")
+    changes = ("tile.patch_size=224", "tile.target_mpp=1.0", "tile.pad_edges=true", "data.slide_mpp=0.25")
+    for changed in (*changes, f"data.mpp_csv={mpp_csv}"):
         other = paths(changed)
         assert other.patches_dir != base.patches_dir and other.features_dir != base.features_dir, changed
     for changed in ("extract.input_size=224", "extract.backbone=resnet34"):
@@ -68,6 +86,9 @@ def test_tile_and_extract_settings_key_their_caches(tmp_path):
         assert other.patches_dir == base.patches_dir and other.features_dir != base.features_dir, changed
     for same in ("extract.batch_size=7", "extract.num_workers=0", "extract.device=cpu", "train.n_splits=3"):
         assert paths(same) == base, same
+    edited = paths(f"data.mpp_csv={mpp_csv}")
+    mpp_csv.write_text("wsi,mpp\na.svs,0.2525\n")  # the same file, another value: other coordinates
+    assert paths(f"data.mpp_csv={mpp_csv}").patches_dir != edited.patches_dir
     given = tmp_path / "features_made_elsewhere"
     given.mkdir()
     assert paths(f"data.features_dir={given}").features_dir == given  # used as it is

@@ -6,10 +6,11 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from common.errors import UserError
 from methods.m4 import data as m4data
-from methods.m4.metrics import auc_table, binary_metrics, gene_table, summarize
+from methods.m4.metrics import auc_table, binary_metrics, gene_table, summarize, tuned_threshold
 from methods.m4.slides import cohort_specs, write_labels
 
 GENES = ["TP53", "PIK3CA", "CDH1", "GATA3"]
@@ -127,7 +128,10 @@ def test_gene_with_a_single_value_keeps_its_meaning(tmp_path):
         ("slide_id,TP53\ns1,1\n", "case_id"),
         ("case_id,slide_id\nP1,s1\n", "no gene columns"),
         ("case_id,slide_id,TP53\nP1,s1,1\nP2,s1,0\n", "repeated: s1"),
-        ("case_id,slide_id,TP53\nP1,s1,1\nP2,s2,2\nP3,s3,0\n", "must be binary"),
+        ("case_id,slide_id,TP53\nP1,s1,1\nP2,s2,2\nP3,s3,0\n", "column 'TP53' must be 0/1 .*found 0, 1, 2"),
+        ("case_id,slide_id,TP53\nP1,s1,1\nP2,s2,2\n", "found 1, 2"),  # once mapped to 0/1 silently
+        ("case_id,slide_id,TP53\nP1,s1,0\nP2,s2,2\n", "found 0, 2"),
+        ("case_id,slide_id,KRAS\nP1,s1,no\nP2,s2,yes\n", "labels.csv: column 'KRAS' must be 0/1 .*found no, yes"),
         ("case_id,slide_id,TP53\nP1,s1,1\nP2,s2,\n", "line 3: empty"),
         ("case_id,slide_id,TP53\n", "no rows"),
     ],
@@ -135,6 +139,11 @@ def test_gene_with_a_single_value_keeps_its_meaning(tmp_path):
 def test_bad_labels_are_one_user_error(tmp_path, text, match):
     with pytest.raises(UserError, match=match):
         m4data.read_labels(write(tmp_path, text))
+
+
+def test_true_false_columns_read_as_1_and_0(tmp_path):
+    path = write(tmp_path, "case_id,slide_id,TP53,KRAS\nP1,s1,true,0.0\nP2,s2,False,1.0\n")
+    np.testing.assert_array_equal(m4data.read_labels(path).y, [[1, 0], [0, 1]])
 
 
 def test_missing_gene_columns_and_file(tmp_path):
@@ -200,6 +209,46 @@ def test_two_class_metrics_at_threshold_half():
     assert metrics["acc"] == pytest.approx(3 / 5)
     assert metrics["sens"] == pytest.approx(2 / 3) and metrics["spec"] == pytest.approx(1 / 2)
     assert metrics["f1"] == pytest.approx(2 / 3)
+
+
+def test_threshold_tuned_on_validation_by_youden():
+    y = np.array([0, 0, 0, 1, 1])
+    p = np.array([0.05, 0.10, 0.20, 0.30, 0.40])  # every slide below 0.5, perfectly ranked
+    assert tuned_threshold(y, p) == pytest.approx(0.30)
+    assert tuned_threshold(np.zeros(4), p[:4]) == 0.5  # one class: the official threshold
+    assert tuned_threshold(np.array([1, 0]), np.array([0.2, 0.8])) == 0.5  # nothing beats chance
+
+
+def test_tuned_metrics_sit_beside_the_official_ones():
+    """A model calling every slide negative at 0.5 (the demo's case) has F1 0 there; at the tuned threshold it has not."""
+    y = np.array([0, 0, 1, 1, 0, 1])
+    p = np.array([0.1, 0.2, 0.35, 0.4, 0.3, 0.45])
+    metrics, _ = binary_metrics(y, p, tuned=0.33)
+    assert metrics["f1"] == 0 and metrics["sens"] == 0 and metrics["spec"] == 1
+    assert metrics["f1_tuned"] == 1 and metrics["sens_tuned"] == 1 and metrics["spec_tuned"] == 1
+    assert metrics["acc_tuned"] == 1 and metrics["threshold_tuned"] == 0.33
+    table, _ = gene_table(y[:, None], p[:, None], ["A"], tuned=[0.33])
+    out = summarize([table, table], "m4/test")
+    assert out["m4/test/A/f1_tuned_mean"] == 1 and out["m4/test/mean/sens_tuned_mean"] == 1
+    assert out["m4/test/A/f1_mean"] == 0
+    untuned, _ = gene_table(y[:, None], p[:, None], ["A"])
+    assert "m4/test/A/f1_tuned_mean" not in summarize([untuned], "m4/test")  # runs saved before thresholds
+
+
+def test_positive_class_weights():
+    from methods.m4.train import pos_weights, weighted_bce
+
+    y = np.array([[1, 0, 0], [0, 0, 1], [0, 0, 1], [0, 0, 1]], np.float32)
+    assert pos_weights(None, y) is None
+    assert pos_weights("balanced", y).tolist() == pytest.approx([3.0, 1.0, 1 / 3])  # no positive: weight 1
+    assert pos_weights("2.5", y).tolist() == [2.5] * 3
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return torch.tensor([0.25, 0.25])
+
+    loss, _ = weighted_bce(torch.tensor([3.0, 1.0]))(Fixed(), (None, torch.tensor([1.0, 0.0])))
+    assert float(loss) == pytest.approx(3 * -math.log(0.25) - math.log(0.75))
 
 
 def test_gene_table_notes_and_summary_skip_nan():

@@ -24,6 +24,7 @@ from methods.m4 import extract as m4extract
 from methods.m4.cohort import cohort_paths
 from methods.m4.config import ExtractConfig, TileConfig
 from methods.m4.data import Labels, check_features
+from methods.m4.encoders import build_backbone
 from methods.m4.slides import _halve
 from methods.m4.tiling import read_coords, tile_slide
 from tests.m4.conftest import FAST, REPO, cli_env, tile_into
@@ -49,10 +50,13 @@ def test_outputs_load_back_in_the_clam_trident_layout(extracted):
         with h5py.File(h5_path, "r") as f:
             assert {"features", "coords"} <= set(f)
             feats, xy = f["features"][:], f["coords"][:]
-            attrs = dict(f["coords"].attrs)
+            attrs, encoder = dict(f["coords"].attrs), dict(f["features"].attrs)
         assert feats.dtype == np.float32 and feats.shape == (len(coords[sid]), 512)
         np.testing.assert_array_equal(xy, coords[sid])
         assert attrs["patch_level"] == 0 and attrs["patch_size"] == 256 and attrs["name"] == sid
+        # The encoder is recorded with its features.
+        assert (encoder["encoder"], encoder["feature_dim"], encoder["input_size"]) == ("resnet18", 512, 32)
+        assert encoder["weights"] == "random" and tuple(encoder["mean"]) == pytest.approx((0.485, 0.456, 0.406))
         pt = torch.load(pt_path, map_location="cpu", weights_only=True)  # plain tensor: safe loading works
         assert isinstance(pt, torch.Tensor) and pt.dtype == torch.float32
         np.testing.assert_array_equal(pt.numpy(), feats)
@@ -113,25 +117,36 @@ def test_patches_are_read_from_the_right_level_of_a_40x_slide(slide40, tmp_path)
     assert img.shape == (3, 64, 64)
 
 
+def test_reads_past_the_slide_edge_are_white(slide40):
+    """tile.pad_edges patches reach past the edge, where OpenSlide gives transparent pixels: white, not black."""
+    path, rgb = slide40
+    job = m4extract.SlideJob("s40", path, np.array([[1536 - 256, 1024 - 128]]), 0, 512)
+    img, _, err = m4extract.PatchDataset([job], out_size=512)[0]
+    patch = img.permute(1, 2, 0).numpy()
+    assert err == ""
+    np.testing.assert_array_equal(patch[:128, :256], rgb[-128:, -256:])
+    assert (patch[128:] == 255).all() and (patch[:, 256:] == 255).all()
+
+
 # ---------------------------------------------------------------------------------------------------------------------
-# Backbones
+# Backbones (every registered encoder: tests/m4/test_encoders.py)
 
 
 def test_random_weights_need_the_explicit_flag():
     with pytest.raises(UserError, match="allow_random_weights"):
-        m4extract.build_backbone(ExtractConfig(backbone="resnet18", weights="random"))
+        build_backbone(ExtractConfig(backbone="resnet18", weights="random"))
     with pytest.warns(UserWarning, match="RANDOM weights"):
-        bb = m4extract.build_backbone(ExtractConfig(backbone="resnet18", weights="random", allow_random_weights=True))
+        bb = build_backbone(ExtractConfig(backbone="resnet18", weights="random", allow_random_weights=True))
     assert bb.dim == 512
 
 
 def test_backbone_errors_are_one_line_user_errors(tmp_path):
     with pytest.raises(UserError, match="unknown timm model"):
-        m4extract.build_backbone(ExtractConfig(backbone="no_such_net_xyz", weights="random", allow_random_weights=True))
+        build_backbone(ExtractConfig(backbone="no_such_net_xyz", weights="random", allow_random_weights=True))
     with pytest.raises(UserError, match="RetCCL"):
-        m4extract.build_backbone(ExtractConfig(backbone="retccl", weights="hub"))
+        build_backbone(ExtractConfig(backbone="retccl", weights="hub"))
     with pytest.raises(UserError, match="not found"):
-        m4extract.build_backbone(ExtractConfig(backbone="resnet18", weights=str(tmp_path / "missing.pth")))
+        build_backbone(ExtractConfig(backbone="resnet18", weights=str(tmp_path / "missing.pth")))
     with pytest.raises(UserError, match="neither one of hub, random nor an existing path"):  # caught at composition
         check(ExtractConfig(weights=str(tmp_path / "missing.pth")))
 
@@ -145,14 +160,15 @@ def test_truncated_backbone_and_local_weights(tmp_path):
     state = {f"module.{k}": v for k, v in ref.state_dict().items()}
     state["fc.weight"] = torch.zeros(128, 512)  # a RetCCL-like head, ignored
     torch.save({"state_dict": state}, tmp_path / "w.pth")
-    bb = m4extract.build_backbone(ExtractConfig(backbone="resnet18", weights=str(tmp_path / "w.pth")))
+    bb = build_backbone(ExtractConfig(backbone="resnet18", weights=str(tmp_path / "w.pth")))
+    assert bb.input_size == 224
+    with pytest.warns(UserWarning, match="resnet18 gets 112-px patches, not the 224 px it was trained on"):
+        build_backbone(ExtractConfig(backbone="resnet18", weights=str(tmp_path / "w.pth"), input_size=112))
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(bb.model(x), ref.eval()(x))
     with pytest.warns(UserWarning):
-        trunc = m4extract.build_backbone(
-            ExtractConfig(backbone="resnet18_trunc", weights="random", allow_random_weights=True)
-        )
+        trunc = build_backbone(ExtractConfig(backbone="resnet18_trunc", weights="random", allow_random_weights=True))
     assert trunc.dim == 256
 
 
@@ -208,10 +224,10 @@ marker = Path(os.environ["M4_TEST_MARKER"])
 original = ex.write_features
 calls = []
 
-def write_features(features_dir, job, features):
+def write_features(features_dir, job, features, encoder=None):
     calls.append(job.slide_id)
     if len(calls) == 1:
-        return original(features_dir, job, features)
+        return original(features_dir, job, features, encoder)
     h5_path, pt_path = ex.output_paths(features_dir, job.slide_id)
     tmp = lambda p: p.with_name(f".{p.name}.tmp-{os.getpid()}")  # common.io.atomic_write's temporary name
     pt_path.parent.mkdir(parents=True, exist_ok=True)
@@ -241,6 +257,7 @@ def test_extract_command_resumes_after_sigkill(cohort, tmp_path):
         "extract.input_size=32",
         "extract.num_workers=0",
         "extract.batch_size=4",
+        "extract.allow_random_weights=true",
     ]
     paths = cohort_paths(compose("m4", *args[1:]))
     features = paths.features_dir
@@ -358,6 +375,11 @@ def test_plan_jobs_reports_missing_coords_garbage_and_empty_slides(cohort, tmp_p
     assert status["garbage"][0] == "failed" and "OpenSlide" in status["garbage"][1]
     assert status["blank"] == ("empty", "no tissue patches")
     assert status["untiled"][0] == "failed" and "run tile first" in status["untiled"][1]
+    (patches / f"untiled{m4extract.TILE_FAILED}").write_text("level-0 mpp 352.8 is coarser than the target\n")
+    _, outcomes = m4extract.plan_jobs([untiled], patches, tmp_path / "features")
+    assert (
+        outcomes[0].message == "no coordinates: tiling this slide failed (level-0 mpp 352.8 is coarser than the target)"
+    )
 
 
 def test_shards_split_the_slides_and_together_cover_them(extracted, tmp_path):
@@ -377,6 +399,7 @@ def test_shards_split_the_slides_and_together_cover_them(extracted, tmp_path):
             f"data.work_dir={tmp_path / 'work'}",
             "extract.input_size=32",
             "extract.num_workers=0",
+            "extract.allow_random_weights=true",
             f"shard={shard}",
             "num_shards=2",
         )

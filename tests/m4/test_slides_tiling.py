@@ -14,8 +14,17 @@ import tifffile
 from common.errors import UserError
 from methods.m4.config import TileConfig
 from methods.m4.slides import DEFAULT_GENES, _halve, cohort_specs, render_slide, write_pyramid_tiff
-from methods.m4.tiling import ReadPlan, read_coords, read_plan, tile_slide, write_coords
-from tests.m4.conftest import HEIGHT, WIDTH
+from methods.m4.tiling import (
+    ReadPlan,
+    read_coords,
+    read_mpp_csv,
+    read_plan,
+    slide_id_of,
+    tile_slide,
+    tissue_grid,
+    write_coords,
+)
+from tests.m4.conftest import HEIGHT, WIDTH, write_plain_tiff
 
 GLASS = np.array([241, 240, 238])
 
@@ -113,13 +122,85 @@ def test_read_plan(mpp, downsamples, params, expected):
     assert read_plan(fake_slide(mpp, downsamples), params) == expected
 
 
-def test_read_plan_from_objective_power_or_override():
-    assert read_plan(fake_slide(None, (1, 2, 4), power="40"), TileConfig()).level == 1
-    assert read_plan(fake_slide(None, (1, 2, 4)), TileConfig(), mpp_override=0.25).size_level0 == 512
-    with pytest.raises(UserError, match="slide_mpp"):
-        read_plan(fake_slide(None, (1, 2, 4)), TileConfig())
-    with pytest.raises(UserError, match="overlap"):
-        read_plan(fake_slide(0.5, (1,)), TileConfig(overlap=256))
+def test_resolution_sources_in_order_of_precedence():
+    """The per-slide CSV wins (it corrects wrong headers), then the slide's own mpp, then its objective power; only a
+    slide with neither falls back to data.slide_mpp."""
+    own, power_only, bare = fake_slide(0.25, (1, 2, 4)), fake_slide(None, (1, 2, 4), power="40"), fake_slide(None, (1,))
+    assert read_plan(own, TileConfig(), mpp=0.5).level0_mpp == 0.5
+    assert read_plan(own, TileConfig(), fallback_mpp=0.5).level0_mpp == 0.25  # a fallback never overrides
+    assert read_plan(power_only, TileConfig(), fallback_mpp=0.5).level0_mpp == 0.25
+    assert read_plan(bare, TileConfig(), fallback_mpp=0.25).size_level0 == 512
+    with pytest.raises(UserError, match=r"neither mpp nor objective power: set data\.slide_mpp .* data\.mpp_csv"):
+        read_plan(bare, TileConfig())
+
+
+def test_a_level0_coarser_than_the_target_is_refused_with_the_true_reason():
+    """A 72-dpi TIFF header read as the scan resolution (352.8 mpp) once gave 0-px patches and an overlap error."""
+    with pytest.raises(UserError, match=r"level-0 mpp 352\.8 is coarser than the target 0\.5 mpp.*data\.mpp_csv"):
+        read_plan(fake_slide(25400 / 72, (1,)), TileConfig())
+    with pytest.raises(UserError, match="coarser than the target 0.25 mpp"):
+        read_plan(fake_slide(0.5, (1,)), TileConfig(target_magnification=40))
+    assert read_plan(fake_slide(0.504, (1,)), TileConfig()).size_level0 == 254  # a scanner's "20x": read as it is
+
+
+@pytest.mark.parametrize(
+    "name, slide_id",
+    [
+        (
+            "TCGA-3C-AALI-01Z-00-DX2.CF4496E0-AB52-4F3E-BDF5-C34833B91B7C.svs",
+            "TCGA-3C-AALI-01Z-00-DX2.CF4496E0-AB52-4F3E-BDF5-C34833B91B7C",
+        ),
+        ("case.1.ome.tiff", "case.1"),
+        ("case.ome.tif", "case"),
+        ("SLIDE.v2.SVS", "SLIDE.v2"),
+        ("plain.tiff", "plain"),
+        ("no_extension", "no_extension"),
+    ],
+)
+def test_slide_ids_keep_the_whole_name_less_the_slide_extension(name, slide_id):
+    assert slide_id_of(name) == slide_id
+
+
+def test_per_slide_mpp_csv(tmp_path):
+    path = tmp_path / "mpp.csv"
+    path.write_text("wsi,mpp\nTCGA-A1.UUID-1.svs,0.2501\nb.ome.tiff,0.5\n")  # TRIDENT's: file names
+    assert read_mpp_csv(path) == {"TCGA-A1.UUID-1": 0.2501, "b": 0.5}
+    path.write_text("slide_id,mpp\na,0.25\n")
+    assert read_mpp_csv(path) == {"a": 0.25}
+    path.write_text("wsi,mpp\na,0.25\nb,\nc,-1\n")
+    with pytest.raises(UserError, match="positive number .*b, c"):
+        read_mpp_csv(path)
+    path.write_text("name,resolution\na,0.25\n")
+    with pytest.raises(UserError, match="expected columns wsi"):
+        read_mpp_csv(path)
+
+
+def test_padded_grid_covers_the_last_partial_row_and_column():
+    """A 700 x 600 slide all tissue: 2 x 2 full patches of 256; padded, also the last column (188 of 256 px on the
+    slide: 73% tissue) and, with a lower min_tissue, the last row (88 px: 34%) but not the corner (25%): tissue is
+    counted over the whole patch."""
+    plan = ReadPlan(0, 256, 256, 256, 0.5, 0.5)
+    mask = np.ones((600, 700), bool)
+    assert len(tissue_grid(mask, 1.0, (700, 600), plan, 0.5)) == 4
+    padded = tissue_grid(mask, 1.0, (700, 600), plan, 0.5, pad=True)
+    assert sorted(map(tuple, padded.tolist())) == [(x, y) for x in (0, 256, 512) for y in (0, 256)]
+    assert len(tissue_grid(mask, 1.0, (700, 600), plan, 0.3, pad=True)) == 8
+
+
+def test_tiff_resolutions_as_openslide_reads_them(tmp_path):
+    """The fixtures of the bad-resolution tests: a 72-dpi TIFF (as image editors write) and one without resolution."""
+    rgb = render_slide((1, 0, 0, 0), 512, 512, seed=1)
+    write_plain_tiff(tmp_path / "dpi72.tiff", rgb, dpi=72)
+    write_plain_tiff(tmp_path / "nompp.tiff", rgb)
+    with openslide.OpenSlide(str(tmp_path / "dpi72.tiff")) as s:
+        assert float(s.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(352.78, abs=0.01)
+    with openslide.OpenSlide(str(tmp_path / "nompp.tiff")) as s:
+        assert openslide.PROPERTY_NAME_MPP_X not in s.properties
+        assert openslide.PROPERTY_NAME_OBJECTIVE_POWER not in s.properties
+    with pytest.raises(UserError, match="coarser"):
+        tile_slide(tmp_path / "dpi72.tiff", TileConfig())
+    assert len(tile_slide(tmp_path / "dpi72.tiff", TileConfig(), mpp=0.5).coords) > 0  # corrected per slide
+    assert len(tile_slide(tmp_path / "nompp.tiff", TileConfig(), fallback_mpp=0.5).coords) > 0
 
 
 # ---------------------------------------------------------------------------------------------------------------------
