@@ -41,6 +41,17 @@ def run_cli(*args: str, timeout: int = 600, cwd: Path = REPO) -> subprocess.Comp
     )
 
 
+def small_real_run(slides_dir: Path, work_dir: Path) -> list[str]:
+    """Overrides of a run on a directory of slides (not the synthetic cohort), small enough for the tests."""
+    return [
+        f"data.slides_dir={slides_dir}",
+        f"data.work_dir={work_dir}",
+        "extract.input_size=32",
+        "extract.num_workers=0",
+        "extract.allow_random_weights=true",
+    ]
+
+
 def tile_into(slides: list[Path], patches_dir: Path, **params) -> dict[str, np.ndarray]:
     """Tile slides in-process into patches_dir/<slide>.h5; returns the coordinates per slide id."""
     from methods.m4.tiling import slide_id_of, tile_to_file

@@ -20,7 +20,7 @@ from methods.m4 import commands
 from methods.m4.cohort import cohort_paths
 from methods.m4.data import check_features, read_labels
 from methods.m4.slides import render_slide, write_pyramid_tiff
-from tests.m4.conftest import HEIGHT, WIDTH, run_cli, write_plain_tiff
+from tests.m4.conftest import HEIGHT, WIDTH, run_cli, small_real_run, write_plain_tiff
 from tests.m4.test_extract import corrupt_level0_tiles
 
 
@@ -36,13 +36,7 @@ def test_corrupt_and_blank_slides_are_reported_while_the_others_finish(cohort, t
     (mixed / "truncated.tiff").write_bytes(data[: len(data) // 2])  # a download cut in half
     corrupt_level0_tiles(good[0], mixed / "badtiles.tiff")  # opens and tiles, its level-0 tiles cannot be decoded
     write_pyramid_tiff(mixed / "blank.tiff", render_slide((0, 0, 0, 0), HEIGHT, WIDTH, seed=5, tissue=False))
-    common = [
-        f"data.slides_dir={mixed}",
-        f"data.work_dir={tmp_path / 'work'}",
-        "extract.input_size=32",
-        "extract.num_workers=0",
-        "extract.allow_random_weights=true",
-    ]
+    common = small_real_run(mixed, tmp_path / "work")
     paths = cohort_paths(compose("m4", *common))
 
     proc = run_cli("tile", *common, f"hydra.run.dir={tmp_path / 'tile'}", timeout=300)
@@ -222,13 +216,7 @@ def test_slides_without_a_usable_resolution_fail_alone_and_name_the_fix(cohort, 
     rgb = render_slide((1, 0, 1, 0), HEIGHT, WIDTH, seed=7)
     write_plain_tiff(mixed / "dpi72.tiff", rgb, dpi=72)
     write_plain_tiff(mixed / "nompp.ome.tiff", rgb)
-    common = [
-        f"data.slides_dir={mixed}",
-        f"data.work_dir={tmp_path / 'work'}",
-        "extract.input_size=32",
-        "extract.num_workers=0",
-        "extract.allow_random_weights=true",
-    ]
+    common = small_real_run(mixed, tmp_path / "work")
 
     with pytest.raises(ItemsFailed, match="^tile: 2 of 3 items failed"):
         commands.tile(compose("m4", "command=tile", *common), tmp_path / "tile")
