@@ -1,24 +1,36 @@
-"""M4's experts in one batched pass (`BatchedMPExperts`) against one after another (`SequentialMPExperts`, the official
+"""M4's experts in the default form (`BatchedMPExperts`) against one after another (`SequentialMPExperts`, the official
 code's form), same weights (moved over with `transfer_experts`), same run.
 
 One training step of the whole M4 model (forward, summed BCE over the genes, backward) on one bag of 5,000 instances at
-the official sizes (2048-d input, 5 experts, 512 hidden, 10 genes), dropout on as in training. Both forms are timed in
-turn, best of N (the machine is noisy). Also timed: the experts' first Linear alone (fused 2048 -> 5 x 512, forward +
-weight gradient), which both forms must do and which therefore bounds the possible speedup.
+the official sizes (2048-d input, 5 experts, 512 hidden, 10 genes), dropout on as in training. Also timed: the experts'
+first Linear alone (fused 2048 -> 5 x 512, forward + weight gradient), which both forms must do and which therefore
+bounds the possible speedup.
 
-Checks that both forms give the same outputs (probabilities and per-gene attention, eval mode) and prints the speedup
-(goal >= 1.5x). Usage: python bench/m4_experts.py [--instances 5000] [--repeats 4] [--threads 0]
+So that a busy machine cannot pass for a fast form: the load average and core count are printed before and after; the
+forms are interleaved (the order alternates every repeat) and each repeat gives one ratio of a pair run back to back;
+the median and the spread (min-max) of those ratios are reported. Both forms must give the same outputs (probabilities
+and per-gene attention, eval mode). Goal: default >= 1.3x one-after-another at 2 threads and >= 1.0x at 1 thread.
+Usage: python bench/m4_experts.py [--instances 5000] [--repeats 7] [--threads 1 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
-from methods.m4.model import m4, transfer_experts
+from methods.m4.model import M4, m4, transfer_experts
+
+GOALS = {1: 1.0, 2: 1.3}  # threads -> goal of the median ratio one-after-another / default
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
 
 
 def step_seconds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -37,46 +49,62 @@ def fc_floor_seconds(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) 
     return time.perf_counter() - start
 
 
+def spread(values: list[float], unit: str = "x", digits: int = 2) -> str:
+    low, mid, high = (f"{v:.{digits}f}" for v in (min(values), statistics.median(values), max(values)))
+    return f"median {mid}{unit} (min {low}, max {high})"
+
+
+def compare(default: M4, sequential: M4, x: torch.Tensor, y: torch.Tensor, repeats: int) -> list[float]:
+    """Interleaved steps at the current thread count; prints times and ratios, returns the per-pair step ratios."""
+    step_seconds(default, x, y), step_seconds(sequential, x, y)  # warm-up (first-call allocations, oneDNN primitives)
+    t_d, t_s, t_fc = [], [], []
+    for r in range(repeats):
+        pair = [(t_d, default), (t_s, sequential)]
+        for times, model in pair if r % 2 == 0 else pair[::-1]:  # alternate the order: neither always runs first
+            times.append(step_seconds(model, x, y))
+        t_fc.append(fc_floor_seconds(x, default.experts.fc.weight, default.experts.fc.bias))
+    ratios = [s / d for s, d in zip(t_s, t_d, strict=True)]
+    rest = [(s - fc) / max(d - fc, 1e-9) for s, d, fc in zip(t_s, t_d, t_fc, strict=True)]
+    print(f"  one after another: {spread(t_s, ' s', 3)}")
+    print(f"  default (batched): {spread(t_d, ' s', 3)}")
+    print(f"  experts' first Linear alone (both forms do it): {spread(t_fc, ' s', 3)}")
+    print(f"  beyond the first Linear, one-after-another / default: {spread(rest)}")
+    goal = GOALS.get(torch.get_num_threads())
+    verdict = "" if goal is None else f"  goal >= {goal}x: {'met' if statistics.median(ratios) >= goal else 'NOT met'}"
+    print(f"  step ratio one-after-another / default: {spread(ratios)}{verdict}")
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=5000)
-    parser.add_argument("--repeats", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch intra-op thread counts to run")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    print(f"before: {load()}; torch {torch.__version__}")
     torch.manual_seed(0)
-    batched = m4(feat_input=2048, tasks=10, num_expert=5, hidden=512, batched=True)
-    sequential = transfer_experts(batched, batched=False)
-    assert batched.batched and not sequential.batched
+    default = m4(feat_input=2048, tasks=10, num_expert=5, hidden=512)
+    sequential = transfer_experts(default, batched=False)
+    assert default.batched and not sequential.batched
     x = torch.randn(args.instances, 2048)
     y = torch.randint(0, 2, (10,)).float()
 
-    batched.eval(), sequential.eval()  # no dropout, so the outputs are comparable
+    default.eval(), sequential.eval()  # no dropout, so the outputs are comparable
     with torch.no_grad():
-        (p_b, a_b), (p_s, a_s) = batched(x, return_attention=True), sequential(x, return_attention=True)
-    diff_p, diff_a = (p_b - p_s).abs().max().item(), (a_b - a_s).abs().max().item()
+        (p_d, a_d), (p_s, a_s) = default(x, return_attention=True), sequential(x, return_attention=True)
+    diff_p, diff_a = (p_d - p_s).abs().max().item(), (a_d - a_s).abs().max().item()
     same = diff_p < 1e-5 and diff_a < 1e-5
+    print(f"max |diff| probabilities {diff_p:.2e}, attention {diff_a:.2e}: {'same' if same else 'DIFFERENT'}")
 
-    batched.train(), sequential.train()
-    step_seconds(batched, x, y), step_seconds(sequential, x, y)  # warm-up (first-call allocations, oneDNN primitives)
-    t_b, t_s, t_fc = [], [], []
-    for _ in range(args.repeats):  # interleaved, best of N: the machine is noisy
-        t_b.append(step_seconds(batched, x, y))
-        t_s.append(step_seconds(sequential, x, y))
-        t_fc.append(fc_floor_seconds(x, batched.experts.fc.weight, batched.experts.fc.bias))
-    b, s, fc = min(t_b), min(t_s), min(t_fc)
-    print(
-        f"M4 training step (forward + BCE + backward), bag of {args.instances} x 2048, 5 experts x 512, 10 genes; "
-        f"{torch.get_num_threads()} threads; best of {args.repeats}"
-    )
-    print(f"  one after another: {s:.3f} s   batched: {b:.3f} s")
-    print(
-        f"  experts' first Linear alone (both forms must do it): {fc:.3f} s -> the rest: "
-        f"{s - fc:.3f} s one after another, {b - fc:.3f} s batched ({(s - fc) / max(b - fc, 1e-9):.2f}x)"
-    )
-    print(f"  max |diff| probabilities {diff_p:.2e}, attention {diff_a:.2e}: {'same' if same else 'DIFFERENT'}")
-    print(f"speedup batched / one-after-another = {s / b:.2f}x  (goal >= 1.5x)")
+    default.train(), sequential.train()
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        print(
+            f"M4 training step (forward + BCE + backward), bag of {args.instances} x 2048, 5 experts x 512, 10 genes; "
+            f"{threads} thread(s); {args.repeats} interleaved pairs"
+        )
+        compare(default, sequential, x, y, args.repeats)
+    print(f"after: {load()}")
 
 
 if __name__ == "__main__":

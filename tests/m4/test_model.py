@@ -320,6 +320,33 @@ def test_batched_experts_have_the_same_gradients():
     torch.testing.assert_close(bat.gate1_fc1[0].weight.grad, seq.gate1_fc1[0].weight.grad, rtol=1e-9, atol=1e-12)
 
 
+def test_batched_experts_equal_one_after_another_in_training_without_dropout(monkeypatch):
+    """Training mode with dropout switched off in both forms (p -> 0): same outputs and gradients, float64."""
+    monkeypatch.setattr(m4model, "_dropout", lambda h, p, training: h)
+    monkeypatch.setattr(torch.nn.Dropout, "forward", lambda self, h: h)
+    torch.manual_seed(6)
+    seq = build_model("m4", feat_input=40, tasks=3, num_expert=3, hidden=32, batched=False).double().train()
+    bat = transfer_experts(seq, batched=True).train()
+    x = torch.randn(17, 40, dtype=torch.float64)
+    p_s, p_b = seq(x), bat(x)
+    torch.testing.assert_close(p_b, p_s, rtol=1e-10, atol=1e-12)
+    p_s.sum().backward()
+    p_b.sum().backward()
+    torch.testing.assert_close(bat.experts.fc.weight.grad, torch.cat([e.fc[0].weight.grad for e in seq.experts]))
+
+
+def test_dropout_keeps_with_probability_1_minus_p_and_rescales():
+    torch.manual_seed(7)
+    h = torch.ones(200_000, requires_grad=True)
+    out = m4model._dropout(h, 0.25, training=True)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.005
+    torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / 0.75))
+    out.sum().backward()
+    torch.testing.assert_close(h.grad, out.detach())  # gradient: the same mask and scale
+    assert m4model._dropout(h, 0.25, training=False) is h and m4model._dropout(h, 0.0, training=True) is h
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Saved weights: official (one-after-another) layout, loaded back into the batched form
 
