@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import shutil
 from collections.abc import Callable, Sequence
@@ -124,6 +125,50 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((3, tuple(state["python"]), None))
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file, or a directory entry list, to disk: a rename is durable only after both are."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _complete(root: Path, prefix: str, marker: str) -> list[Path]:
+    """`<prefix><step>` directories holding their marker file (written last), newest first."""
+    found = [(int(d.name[len(prefix) :]), d) for d in root.glob(f"{prefix}*") if d.name[len(prefix) :].isdigit()]
+    return [d for _, d in sorted(found, reverse=True) if (d / marker).is_file()]
+
+
+def _publish(tmp: Path, final: Path, prefix: str, marker: str) -> None:
+    """Make a fully written temp dir the newest `<prefix><step>`, then retire the older ones.
+
+    Each step is atomic (rename) and durable (fsync), and an older directory is renamed away before it is deleted,
+    so a kill at any instant leaves the newest complete directory intact and no half-deleted one that looks complete.
+    """
+    for f in tmp.iterdir():
+        _fsync(f)
+    _fsync(tmp)
+    os.rename(tmp, final)
+    _fsync(final.parent)
+    for old in _complete(final.parent, prefix, marker)[1:]:
+        trash = old.with_name(f".trash-{old.name}-{os.getpid()}")
+        os.rename(old, trash)
+        shutil.rmtree(trash)
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Temp and trash directories of processes that died mid-save (their pid is gone); a live writer's are kept."""
+    for d in [*root.glob(".tmp-*"), *root.glob(".trash-*")]:
+        pid = int(d.name.rsplit("-", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
+
+
 def _as_config(cfg: TrainerConfig | DictConfig | dict) -> TrainerConfig:
     if isinstance(cfg, TrainerConfig):
         return cfg
@@ -164,9 +209,21 @@ def fit(
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
     warmup = max(cfg.warmup_steps, int(round(cfg.warmup_epochs * steps_per_epoch)))
 
-    ckpt_dir, best_dir = out_dir / "checkpoints" / "last", out_dir / "checkpoints" / "best"
+    # Checkpoints are checkpoints/step-<N>/ (state.json written last) and best weights checkpoints/best-<N>/
+    # (metrics.json last); the newest complete one counts, whatever instant an earlier process died at.
+    root = out_dir / "checkpoints"
+    if accelerator.is_main_process and root.is_dir():
+        if cfg.resume:
+            _remove_leftovers(root)
+        else:  # starting over: an older run's checkpoints would otherwise count as newer than this run's
+            trash = root.with_name(f".trash-checkpoints-{os.getpid()}")
+            os.rename(root, trash)
+            shutil.rmtree(trash)
+    accelerator.wait_for_everyone()
+    complete = _complete(root, "step-", "state.json") if root.is_dir() else []
     state = {"step": 0, "best": None, "best_step": None, "metrics": {}}
-    resuming = cfg.resume and (ckpt_dir / "state.json").is_file()
+    resuming = cfg.resume and bool(complete)
+    ckpt_dir = complete[0] if complete else root / "none"
     model = task.model
     if resuming:
         state = json.loads((ckpt_dir / "state.json").read_text())
@@ -194,24 +251,23 @@ def fit(
         _set_rng_state(torch.load(ckpt_dir / f"rng.rank{rank}.pt", weights_only=True))
 
     def save_checkpoint(step: int) -> None:
+        nonlocal ckpt_dir
         weights = without_shared(accelerator.get_state_dict(model))
-        tmp = out_dir / "checkpoints" / f"tmp-{step}"
+        # One temp dir for all ranks, named by the main process (unique per process, so never another writer's).
+        tmp = root / broadcast_object_list([f".tmp-step-{step}-{os.getpid()}"])[0]
         if accelerator.is_main_process:
-            tmp.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir(parents=True)
             save_file(weights, tmp / "model.safetensors")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         accelerator.wait_for_everyone()
         torch.save(optimizer.state_dict(), tmp / f"optimizer.rank{rank}.pt")
         torch.save(_rng_state(), tmp / f"rng.rank{rank}.pt")
         accelerator.wait_for_everyone()
+        ckpt_dir = root / f"step-{step}"
         if accelerator.is_main_process:
             # state.json is written last: a checkpoint without it is incomplete and never resumed from.
             (tmp / "state.json").write_text(json.dumps({**state, "step": step}))
-            old = ckpt_dir.with_name("last.old")
-            if ckpt_dir.exists():
-                ckpt_dir.rename(old)
-            tmp.rename(ckpt_dir)
-            shutil.rmtree(old, ignore_errors=True)
+            _publish(tmp, ckpt_dir, "step-", "state.json")
         accelerator.wait_for_everyone()
 
     def run_eval(step: int) -> None:
@@ -233,9 +289,11 @@ def fit(
             state.update(best=value, best_step=step)
             weights = without_shared(accelerator.get_state_dict(model))
             if accelerator.is_main_process:
-                best_dir.mkdir(parents=True, exist_ok=True)
-                save_file(weights, best_dir / "model.safetensors")
-                (best_dir / "metrics.json").write_text(json.dumps({"step": step, **metrics}))
+                tmp = root / f".tmp-best-{step}-{os.getpid()}"
+                tmp.mkdir(parents=True)
+                save_file(weights, tmp / "model.safetensors")
+                (tmp / "metrics.json").write_text(json.dumps({"step": step, **metrics}))
+                _publish(tmp, root / f"best-{step}", "best-", "metrics.json")
             accelerator.wait_for_everyone()
 
     model.train()
@@ -271,6 +329,7 @@ def fit(
         if step_loss[1] > 0:
             progress.close()
             where = f"last good checkpoint: {ckpt_dir}" if ckpt_dir.is_dir() else "no checkpoint was saved before it"
+            where += "; rerun with a lower trainer.lr and trainer.resume=false to start over"
             raise NonFiniteLoss(f"loss became non-finite at step {step}; training stopped, {where}")
         optimizer.step()
         scheduler.step()
@@ -301,6 +360,7 @@ def fit(
     metrics = dict(state["metrics"])
     if cfg.best_metric is not None and state["best_step"] is not None:
         accelerator.wait_for_everyone()
+        best_dir = _complete(root, "best-", "metrics.json")[0]
         _load_weights(unwrapped, best_dir / "model.safetensors")
         metrics = json.loads((best_dir / "metrics.json").read_text())
     if running is not None:

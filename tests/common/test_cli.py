@@ -168,7 +168,7 @@ def test_torchrun_ranks_share_one_run_dir(toy_conf, tmp_path):
     run_dirs = [p.parent for p in (tmp_path / "outputs" / "toy" / "train").rglob(".hydra")]
     assert len(run_dirs) == 1, run_dirs
     assert (run_dirs[0] / "results.json").is_file()
-    assert sorted(p.name for p in (run_dirs[0] / "checkpoints" / "last").glob("optimizer.rank*.pt")) == [
+    assert sorted(p.name for p in next((run_dirs[0] / "checkpoints").glob("step-*")).glob("optimizer.rank*.pt")) == [
         "optimizer.rank0.pt",
         "optimizer.rank1.pt",
     ]

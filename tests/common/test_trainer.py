@@ -50,7 +50,7 @@ def test_resume_after_crash_gives_the_same_weights(tmp_path):
 
     with pytest.raises(RuntimeError, match="simulated crash"):
         fit(toy_task(dropout=0.3, loss=crashing), cfg(save_every=2), tmp_path / "crashed")
-    assert json.loads((tmp_path / "crashed/checkpoints/last/state.json").read_text())["step"] == 6
+    assert json.loads((tmp_path / "crashed/checkpoints/step-6/state.json").read_text())["step"] == 6
     resumed = fit(toy_task(dropout=0.3), cfg(save_every=2), tmp_path / "crashed").model
     torch.testing.assert_close(flat_params(resumed), flat_params(reference), rtol=0, atol=0)
 
@@ -65,11 +65,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
     with pytest.raises(NonFiniteLoss, match="step 3"):
         fit(toy_task(loss=going_nan), cfg(save_every=1), tmp_path)
-    state = json.loads((tmp_path / "checkpoints/last/state.json").read_text())
-    assert state["step"] == 3
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-3"]  # older ones retired
+    assert json.loads((tmp_path / "checkpoints/step-3/state.json").read_text())["step"] == 3
     from safetensors.torch import load_file
 
-    assert all(torch.isfinite(t).all() for t in load_file(tmp_path / "checkpoints/last/model.safetensors").values())
+    assert all(torch.isfinite(t).all() for t in load_file(tmp_path / "checkpoints/step-3/model.safetensors").values())
 
 
 def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
@@ -113,3 +113,27 @@ def test_ddp_two_processes_match_one_process(tmp_path):
         tmp_path / "single",
     ).model
     torch.testing.assert_close(rank0, flat_params(single), rtol=1e-5, atol=1e-6)
+
+
+def kill_worker(out: Path, *kill: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "tests.common.kill_worker", str(out), *kill]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_kill_at_any_phase_of_a_save_resumes_to_the_same_weights(tmp_path):
+    """SIGKILL (a real process, no cleanup) at every phase of saving step 5, then a rerun in the same dir: it resumes
+    from the newest complete checkpoint and ends bit-identical to a run never interrupted."""
+    assert kill_worker(tmp_path / "straight").returncode == 0
+    reference = torch.load(tmp_path / "straight" / "final.pt", weights_only=True)
+    for phase in ("written", "renaming", "renamed", "retiring", "deleting"):
+        run = tmp_path / phase
+        killed = kill_worker(run, phase, "5")
+        assert killed.returncode == -9, (phase, killed.stderr[-2000:])
+        assert not (run / "final.pt").exists()
+        resumed = kill_worker(run)
+        assert resumed.returncode == 0, (phase, resumed.stderr[-2000:])
+        final = torch.load(run / "final.pt", weights_only=True)
+        torch.testing.assert_close(final, reference, rtol=0, atol=0, msg=phase)
+        left = sorted(p.name for p in (run / "checkpoints").iterdir())
+        assert left == ["step-15"], (phase, left)  # the last one only: no temp, trash or half-deleted directory
