@@ -82,7 +82,7 @@ class TrainerConfig:
     seed: int = opt(42, "seed of the data order")
     log_every: int = opt(10, "log the loss every N steps", ge=1, key=False)
     progress: bool = opt(True, "show a progress bar", key=False)
-    resume: bool = opt(True, "resume from the run dir's last checkpoint", key=False)
+    resume: bool = opt(True, "resume from the newest complete checkpoint (refused if settings changed)", key=False)
     ddp_find_unused_parameters: bool = opt(False, "DDP: allow parameters without gradients", key=False)
 
     def check(self) -> None:

@@ -24,13 +24,14 @@ from common.dist import main_then_wait
 from common.io import atomic_write
 
 
-def _plain(x: Any) -> Any:
+def key_data(x: Any) -> Any:
+    """Plain JSON-able data of what identifies `x`: config sections lose their `key=False` settings."""
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return {f.name: _plain(getattr(x, f.name)) for f in dataclasses.fields(x) if f.metadata.get("key", True)}
+        return {f.name: key_data(getattr(x, f.name)) for f in dataclasses.fields(x) if f.metadata.get("key", True)}
     if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
+        return {str(k): key_data(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
+        return [key_data(v) for v in x]
     if isinstance(x, Path):
         return str(x)
     return x
@@ -38,7 +39,7 @@ def _plain(x: Any) -> Any:
 
 def key_of(*parts: Any) -> str:
     """12 hex digits identifying the parts: config sections (less `key=False` fields), paths, records, strings."""
-    text = json.dumps([_plain(p) for p in parts], sort_keys=True, default=str)
+    text = json.dumps([key_data(p) for p in parts], sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 

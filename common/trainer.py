@@ -33,6 +33,7 @@ from common.checkpoint import without_shared
 from common.config import TrainerConfig
 from common.errors import UserError
 from common.loggers import Logger, NullLogger
+from common.stages import key_data
 
 __all__ = ["Task", "FitResult", "TrainerConfig", "NonFiniteLoss", "fit", "batches_for_step"]
 
@@ -157,6 +158,17 @@ def _publish(tmp: Path, final: Path, prefix: str, marker: str) -> None:
         shutil.rmtree(trash)
 
 
+def _check_same_training(saved: dict[str, Any], now: dict[str, Any], ckpt: Path) -> None:
+    changed = [
+        f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)
+    ]
+    if changed:
+        raise UserError(
+            f"{ckpt}: this checkpoint was trained with other settings ({'; '.join(changed)}); "
+            "rerun with trainer.resume=false to start over, or with the checkpoint's settings to continue it"
+        )
+
+
 def _remove_leftovers(root: Path) -> None:
     """Temp and trash directories of processes that died mid-save (their pid is gone); a live writer's are kept."""
     for d in [*root.glob(".tmp-*"), *root.glob(".trash-*")]:
@@ -221,12 +233,16 @@ def fit(
             shutil.rmtree(trash)
     accelerator.wait_for_everyone()
     complete = _complete(root, "step-", "state.json") if root.is_dir() else []
-    state = {"step": 0, "best": None, "best_step": None, "metrics": {}}
+    # What shapes the training (settings declared key=False, such as save_every or progress, do not), and the data
+    # size: a resumed run must continue the same training, never mix two.
+    settings = {**{f"trainer.{k}": v for k, v in key_data(cfg).items()}, "examples": n, "processes": world}
+    state = {"step": 0, "best": None, "best_step": None, "metrics": {}, "settings": settings}
     resuming = cfg.resume and bool(complete)
     ckpt_dir = complete[0] if complete else root / "none"
     model = task.model
     if resuming:
         state = json.loads((ckpt_dir / "state.json").read_text())
+        _check_same_training(state.get("settings", {}), settings, ckpt_dir)
         _load_weights(model, ckpt_dir / "model.safetensors")
 
     named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]

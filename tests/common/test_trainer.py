@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.errors import UserError
 from common.trainer import NonFiniteLoss, TrainerConfig, batches_for_step, fit
-from tests.common.toy import flat_params, mse, toy_task
+from tests.common.toy import flat_params, mse, toy_data, toy_task
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,6 +54,20 @@ def test_resume_after_crash_gives_the_same_weights(tmp_path):
     assert json.loads((tmp_path / "crashed/checkpoints/step-6/state.json").read_text())["step"] == 6
     resumed = fit(toy_task(dropout=0.3), cfg(save_every=2), tmp_path / "crashed").model
     torch.testing.assert_close(flat_params(resumed), flat_params(reference), rtol=0, atol=0)
+
+
+def test_resume_with_other_settings_is_refused_with_the_way_out(tmp_path):
+    fit(toy_task(), cfg(epochs=1, save_every=2), tmp_path)  # leaves step-4, then step-5 at the end
+    fit(toy_task(), cfg(epochs=1, save_every=2, progress=True, log_every=3), tmp_path)  # bookkeeping may change
+    with pytest.raises(UserError) as e:
+        fit(toy_task(), cfg(epochs=1, save_every=2, lr=0.01), tmp_path)
+    message = str(e.value)
+    assert "trainer.lr 0.05 -> 0.01" in message and "trainer.resume=false" in message and "\n" not in message
+    with pytest.raises(UserError, match="examples 40 -> 32"):
+        fit(toy_task(data=toy_data(32)), cfg(epochs=1, save_every=2), tmp_path)
+    fresh = fit(toy_task(), cfg(epochs=1, save_every=2, lr=0.01, resume=False), tmp_path).model
+    reference = fit(toy_task(), cfg(epochs=1, save_every=2, lr=0.01), tmp_path / "other").model
+    torch.testing.assert_close(flat_params(fresh), flat_params(reference), rtol=0, atol=0)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
