@@ -17,8 +17,9 @@ rest expert by expert on cache-sized tensors; `transfer_experts` moves weights b
 the same repository: MMoE (gated-ABMIL experts, linear gates) and the single-task gated ABMIL ("PorpoiseAMIL"), run
 once per gene.
 
-Every model maps a bag to probabilities of shape [T] (T = 1 for the single-task ABMIL); `return_attention=True` also
-gives a per-task attention over the N input patches, for heatmaps.
+Every model maps a bag to probabilities of shape [T] (T = 1 for the single-task ABMIL), or to their logits with
+`logits=True` (what training uses, so that a diverging run gives a non-finite loss rather than a clamped log of 0 or 1);
+`return_attention=True` also gives a per-task attention over the N input patches, for heatmaps.
 """
 
 from __future__ import annotations
@@ -320,16 +321,17 @@ class Tower(nn.Module):
         self.fc2 = nn.Linear(hidden, out)
         self.dropout = nn.Dropout(0.4)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.fc2(self.dropout(F.relu(self.fc1(h)))))
+    def forward(self, h: torch.Tensor, logits: bool = False) -> torch.Tensor:
+        z = self.fc2(self.dropout(F.relu(self.fc1(h))))
+        return z if logits else torch.sigmoid(z)
 
 
 def _towers(tasks: int, dim: int, hidden: int) -> nn.ModuleList:
     return nn.ModuleList(Tower(dim, hidden) for _ in range(tasks))
 
 
-def _run_towers(towers: nn.ModuleList, tower_in: torch.Tensor) -> torch.Tensor:
-    return torch.cat([tower(h) for tower, h in zip(towers, tower_in, strict=True)])
+def _run_towers(towers: nn.ModuleList, tower_in: torch.Tensor, logits: bool) -> torch.Tensor:
+    return torch.cat([tower(h, logits) for tower, h in zip(towers, tower_in, strict=True)])
 
 
 class M4(nn.Module):
@@ -363,13 +365,13 @@ class M4(nn.Module):
         shared = self.gate1_fc1(x.mean(dim=0)).view(SEGMENTS, -1)
         return torch.stack([gate(shared) for gate in self.gate1_fc2])
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def forward(self, x: torch.Tensor, return_attention: bool = False, logits: bool = False):
         pooled, attn = self.experts(x)  # [E, C], [E, N']
         gates = self.gates(x)
         # Segment s of task t's tower input mixes the experts' segment s with that task's segment-s gate.
         segments = pooled.view(self.num_expert, SEGMENTS, -1)
         tower_in = torch.einsum("tse,esc->tsc", gates, segments).reshape(self.tasks, self.hidden)
-        probs = _run_towers(self.towers, tower_in)
+        probs = _run_towers(self.towers, tower_in, logits)
         if not return_attention:
             return probs
         return probs, gates.mean(dim=1) @ fold_padding(attn, x.shape[0])
@@ -404,9 +406,10 @@ class ABMIL(nn.Module):
         attn = torch.softmax(self.attention_net[3](h), dim=-1)
         return attn @ h, attn
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def forward(self, x: torch.Tensor, return_attention: bool = False, logits: bool = False):
         pooled, attn = self.pool(x)
-        probs = torch.sigmoid(self.classifier(pooled))
+        z = self.classifier(pooled)
+        probs = z if logits else torch.sigmoid(z)
         return (probs, attn[None]) if return_attention else probs
 
 
@@ -426,12 +429,12 @@ class MMoE(nn.Module):
         )
         self.towers = _towers(tasks, hidden, towers_hidden)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def forward(self, x: torch.Tensor, return_attention: bool = False, logits: bool = False):
         pooled, attn = (
             torch.stack(t) for t in zip(*(expert.pool(x) for expert in self.specific_experts1), strict=True)
         )
         gates = torch.stack([gate(x.mean(dim=0)) for gate in self.gate1])  # [T, E]
-        probs = _run_towers(self.towers, gates @ pooled)
+        probs = _run_towers(self.towers, gates @ pooled, logits)
         return (probs, gates @ attn) if return_attention else probs
 
 

@@ -42,19 +42,15 @@ class ModelRun:
 Scored = dict[str, list[tuple[ModelRun, np.ndarray]]]  # model name -> (run, test probabilities) per split (and gene)
 
 
-def bce_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-    """BCE per gene on the towers' probabilities, summed over genes with equal weight (official)."""
-    x, y = batch
-    return F.binary_cross_entropy(model(x).float(), y, reduction="sum"), {}
-
-
-def weighted_bce(pos_weight: torch.Tensor):
-    """BCE with positives weighted per gene ([T]); the model outputs probabilities, so the weight goes on the terms."""
+def bce_loss(pos_weight: torch.Tensor | None = None):
+    """BCE per gene summed over genes with equal weight (official), computed from the logits (stable, and a diverging
+    run reaches the trainer's non-finite stop); `pos_weight` ([T]) weights the positive terms."""
 
     def loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         x, y = batch
-        weight = torch.where(y > 0, pos_weight.to(y.device), torch.ones_like(y))
-        return F.binary_cross_entropy(model(x).float(), y, weight=weight, reduction="sum"), {}
+        z = model(x, logits=True).float()
+        weight = None if pos_weight is None else pos_weight.to(z.device)
+        return F.binary_cross_entropy_with_logits(z, y, pos_weight=weight, reduction="sum"), {}
 
     return loss
 
@@ -113,7 +109,7 @@ def fit_model(cfg: M4Config, run: ModelRun, labels: m4data.Labels, features_dir:
         model=model,
         train_data=train_ds,
         collate=m4data.collate_bag,
-        loss=bce_loss if weight is None else weighted_bce(weight),
+        loss=bce_loss(weight),
         evaluate=lambda m: _val_score(m, val_ds, genes),
     )
     logger = make_logger(cfg.logger, run.out_dir)

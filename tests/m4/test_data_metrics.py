@@ -236,7 +236,7 @@ def test_tuned_metrics_sit_beside_the_official_ones():
 
 
 def test_positive_class_weights():
-    from methods.m4.train import pos_weights, weighted_bce
+    from methods.m4.train import bce_loss, pos_weights
 
     y = np.array([[1, 0, 0], [0, 0, 1], [0, 0, 1], [0, 0, 1]], np.float32)
     assert pos_weights(None, y) is None
@@ -244,11 +244,36 @@ def test_positive_class_weights():
     assert pos_weights("2.5", y).tolist() == [2.5] * 3
 
     class Fixed(torch.nn.Module):
-        def forward(self, x):
-            return torch.tensor([0.25, 0.25])
+        def forward(self, x, logits=False):
+            z = torch.full((2,), math.log(0.25 / 0.75))  # probability 0.25 for both genes
+            return z if logits else torch.sigmoid(z)
 
-    loss, _ = weighted_bce(torch.tensor([3.0, 1.0]))(Fixed(), (None, torch.tensor([1.0, 0.0])))
+    loss, _ = bce_loss(torch.tensor([3.0, 1.0]))(Fixed(), (None, torch.tensor([1.0, 0.0])))
     assert float(loss) == pytest.approx(3 * -math.log(0.25) - math.log(0.75))
+    loss, _ = bce_loss()(Fixed(), (None, torch.tensor([1.0, 0.0])))
+    assert float(loss) == pytest.approx(-math.log(0.25) - math.log(0.75))
+
+
+@pytest.mark.parametrize("name", ["m4", "mmoe", "amil"])
+def test_loss_from_logits_lets_a_diverging_run_reach_the_nan_stop(name, tmp_path):
+    """Computed on clamped probabilities, a diverged model's loss stayed finite (or raised an input-range error);
+    from the logits it becomes non-finite and the trainer stops with its one-line error."""
+    from common.registry import create
+    from common.trainer import NonFiniteLoss, Task, TrainerConfig, fit
+    from methods.m4.train import bce_loss
+
+    g = torch.Generator().manual_seed(0)
+    kwargs = {"feat_input": 8, "hidden": 64} | ({} if name == "amil" else {"tasks": 2, "num_expert": 2})
+    tasks = 1 if name == "amil" else 2
+    bags = [(torch.randn(20, 8, generator=g), torch.randint(0, 2, (tasks,), generator=g).float()) for _ in range(6)]
+    model = create("m4.model", name, **kwargs)
+    with torch.no_grad():
+        z, p = model.eval()(bags[0][0], logits=True), model(bags[0][0])
+    torch.testing.assert_close(torch.sigmoid(z), p)
+    task = Task(model=model.train(), train_data=bags, collate=lambda items: items[0], loss=bce_loss())
+    cfg = TrainerConfig(epochs=20, batch_size=1, lr=1e30, optimizer="adam", max_grad_norm=0, progress=False)
+    with pytest.raises(NonFiniteLoss, match="non-finite"):
+        fit(task, cfg, tmp_path)
 
 
 def test_gene_table_notes_and_summary_skip_nan():
