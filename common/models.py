@@ -34,8 +34,33 @@ TINY_MODELS: dict[str, dict[str, Any]] = {
     "tiny-phi": dict(
         arch="phi", hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4, vocab_size=2048
     ),
+    # A chat model: ChatML turns as the Qwen chat models write them, <|im_end|> closing each turn (its EOS).
+    "tiny-qwen2": dict(
+        arch="qwen2",
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=2048,
+    ),
+    # An encoder for sequence classification (RoBERTa-large's architecture, small).
+    "tiny-roberta": dict(
+        arch="roberta",
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        vocab_size=2048,
+    ),
 }
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+CHATML = ("<|im_start|>", "<|im_end|>")
+# Qwen2's template without its default system prompt: a system turn only when the conversation has one.
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 # A neutral default corpus for a tokenizer when a method has no text of its own.
 _DEFAULT_CORPUS = [
@@ -60,21 +85,28 @@ def _dtype(name: str) -> torch.dtype:
     return dtypes[name]
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int):
-    """A byte-level BPE tokenizer trained with `tokenizers` on the given text, wrapped for transformers."""
+def train_tokenizer(corpus: Iterable[str], vocab_size: int, chat: bool = False):
+    """A byte-level BPE tokenizer trained with `tokenizers` on the given text, wrapped for transformers. `chat`: the
+    ChatML markers are special tokens, the template is Qwen2's, and <|im_end|> is EOS (no BOS, as Qwen's)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    special = [*SPECIAL_TOKENS.values(), *(CHATML if chat else ())]
     tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS.values()),
+        special_tokens=special,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(corpus, trainer=trainer)
+    if chat:
+        wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, **{**SPECIAL_TOKENS, "eos_token": CHATML[1]})
+        wrapped.add_special_tokens({"additional_special_tokens": list(CHATML)})
+        wrapped.chat_template = CHATML_TEMPLATE
+        return wrapped
     # Causal LMs expect a BOS at the start, as the Llama and Phi tokenizers add one.
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
@@ -96,18 +128,30 @@ def tiny_model_path(name: str, cache_dir: str | Path, corpus: Iterable[str] | No
     if (path / "config.json").is_file():
         return path
 
-    from transformers import AutoModelForCausalLM, LlamaConfig, PhiConfig
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        LlamaConfig,
+        PhiConfig,
+        Qwen2Config,
+        RobertaConfig,
+    )
 
-    tokenizer = train_tokenizer(texts, spec["vocab_size"])
     arch = spec.pop("arch")
+    tokenizer = train_tokenizer(texts, spec["vocab_size"], chat=arch == "qwen2")
     spec["vocab_size"] = len(tokenizer)
     ids = dict(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
-    config_cls = {"llama": LlamaConfig, "phi": PhiConfig}[arch]
-    config = config_cls(max_position_embeddings=512, tie_word_embeddings=False, **ids, **spec)
+    if arch == "roberta":  # positions start after the padding index
+        config = RobertaConfig(max_position_embeddings=514, **ids, **spec)
+        auto = AutoModelForMaskedLM
+    else:
+        config_cls = {"llama": LlamaConfig, "phi": PhiConfig, "qwen2": Qwen2Config}[arch]
+        config = config_cls(max_position_embeddings=512, tie_word_embeddings=False, **ids, **spec)
+        auto = AutoModelForCausalLM
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
+    model = auto.from_config(config)
     # Every torchrun rank may build it at once: each writes its own temp dir, the first rename wins.
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

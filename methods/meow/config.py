@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional
 
+from common.chat import EndpointConfig
 from common.config import MODEL, PATH, BaseConfig, ModelConfig, TrainerConfig, opt, section
 from common.errors import UserError
 
@@ -70,23 +71,19 @@ class InvertConfig:
         registry="meow.inverter",
     )
     n: int = opt(4, "inverted answers asked for per question", ge=1)
-    model: str = opt("", "hf: local path or hub name of an instruct model; openai: the served model's name")
-    base_url: str = opt("http://localhost:8000/v1", "openai: the server (vLLM, llama.cpp, the OpenAI API)")
-    api_key_env: str = opt(
-        "OPENAI_API_KEY", "openai: environment variable holding the key (never the key itself)", key=False
-    )
+    model: str = opt("", "hf: local path or hub name of an instruct model")
+    endpoint: EndpointConfig = section(EndpointConfig, "openai: the server and its model")
     temperature: float = opt(0.9, "sampling temperature of the generator", ge=0)
     max_tokens: int = opt(512, "new tokens per generator reply", ge=1)
-    retries: int = opt(4, "openai: retries of a failed request", ge=0, key=False)
-    backoff_s: float = opt(2.0, "openai: first wait between retries; doubles every retry", ge=0, key=False)
-    timeout_s: float = opt(60.0, "openai: seconds per request", gt=0, key=False)
     path: Optional[str] = opt(
         None, "an existing inverted-facts file (MEOW release layout) instead of generating one", exists=PATH, key=False
     )
 
     def check(self) -> None:
-        if self.generator in ("hf", "openai") and not self.model and not self.path:
-            raise UserError(f"config: invert.generator={self.generator} needs invert.model (the generating model)")
+        if self.generator == "hf" and not self.model and not self.path:
+            raise UserError("config: invert.generator=hf needs invert.model (the generating model)")
+        if self.generator == "openai" and not self.endpoint.model and not self.path:
+            raise UserError("config: invert.generator=openai needs invert.endpoint.model (the served model)")
 
 
 @dataclass

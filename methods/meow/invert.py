@@ -8,13 +8,11 @@ run resumes after the last finished row.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 
+from common.chat import EndpointError, endpoint_responder
 from common.errors import UserError
 from common.io import read_records, write_json
 from common.registry import register
@@ -87,50 +85,17 @@ def hf_generator(cfg: InvertConfig, seed: int = 0, cache_dir: str | Path = ".cac
     return generate
 
 
-class EndpointError(Exception):
-    """The generator endpoint failed after every retry."""
-
-
 @register("meow.inverter", "openai")
-def openai_generator(
-    cfg: InvertConfig, seed: int = 0, cache_dir: str | Path = ".cache", sleep: Callable[[float], None] = time.sleep
-) -> Generator:
-    """Chat completions from any OpenAI-compatible server, with retries and exponential backoff (stdlib HTTP)."""
-    import urllib.error
-    import urllib.request
-
-    key = os.environ.get(cfg.api_key_env, "")
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
-    url = cfg.base_url.rstrip("/") + "/chat/completions"
+def openai_generator(cfg: InvertConfig, seed: int = 0, cache_dir: str | Path = ".cache") -> Generator:
+    """Chat completions from any OpenAI-compatible server (common.chat: retries with jitter, Retry-After)."""
+    respond = endpoint_responder(cfg.endpoint, temperature=cfg.temperature, max_tokens=cfg.max_tokens)
 
     def generate(question: str, answer: str) -> list[str]:
-        body = json.dumps(
-            {
-                "model": cfg.model,
-                "temperature": cfg.temperature,
-                "max_tokens": cfg.max_tokens,
-                "messages": [
-                    {"role": "system", "content": instruction(cfg.n)},
-                    {"role": "user", "content": user_message(question, answer)},
-                ],
-            }
-        ).encode()
-        last = ""
-        for attempt in range(cfg.retries + 1):
-            try:
-                request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=cfg.timeout_s) as r:
-                    return parse_lines(json.loads(r.read())["choices"][0]["message"]["content"])
-            except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code}: {e.read()[:200].decode(errors='replace')}"
-                # Client errors other than rate limiting will not improve by waiting.
-                if e.code < 500 and e.code != 429:
-                    break
-            except (OSError, KeyError, IndexError, TypeError, json.JSONDecodeError) as e:
-                last = f"{type(e).__name__}: {e}"
-            if attempt < cfg.retries:
-                sleep(cfg.backoff_s * 2**attempt)
-        raise EndpointError(f"{url}: {last}")
+        messages = [
+            {"role": "system", "content": instruction(cfg.n)},
+            {"role": "user", "content": user_message(question, answer)},
+        ]
+        return parse_lines(respond([messages])[0])
 
     return generate
 
@@ -148,8 +113,7 @@ def invert_rows(forget: list[dict], generate: Generator, out_path: Path) -> list
             answers = generate(row["question"], row["answer"])
         except EndpointError as e:
             raise UserError(
-                f"inversion endpoint failed after retries ({e}); {len(done)}/{len(forget)} rows kept in {out_path}, "
-                f"rerun to resume"
+                f"inversion: {e}; {len(done)}/{len(forget)} rows kept in {out_path}, rerun to resume"
             ) from None
         done.append(
             {

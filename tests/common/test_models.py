@@ -22,6 +22,29 @@ def test_tiny_model_round_trip_through_from_pretrained(tmp_path, name):
         torch.testing.assert_close(model(ids).logits, again(ids).logits)
 
 
+def test_tiny_chat_model_writes_chatml_and_stops_at_the_end_of_its_turn(tmp_path):
+    model, tok = load_causal_lm(ModelConfig(name_or_path="tiny-qwen2"), tmp_path, corpus=CORPUS)
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who is Ana?"}]
+    text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert (
+        text
+        == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWho is Ana?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    ids = tok(text, add_special_tokens=False).input_ids
+    assert ids[0] == tok.convert_tokens_to_ids("<|im_start|>")  # one special token each, no BOS
+    assert tok.eos_token == "<|im_end|>" and model.config.eos_token_id == tok.eos_token_id
+    assert type(model).__name__ == "Qwen2ForCausalLM"
+
+
+def test_tiny_encoder_loads_as_a_sequence_classifier(tmp_path):
+    model, tok = load_model(
+        ModelConfig(name_or_path="tiny-roberta"), tmp_path, head="seq-cls", num_labels=3, corpus=CORPUS
+    )
+    batch = tok(["Ana was born in Lisbon.", "A writer."], padding=True, return_tensors="pt")
+    assert type(model).__name__ == "RobertaForSequenceClassification"
+    assert model(**batch).logits.shape == (2, 3)
+
+
 def test_lora_adapter_saves_and_loads_onto_base(tmp_path):
     cfg = ModelConfig(name_or_path="tiny-llama", lora=LoraConfig(r=4))
     model, tok = load_causal_lm(cfg, tmp_path, corpus=CORPUS)

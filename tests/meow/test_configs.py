@@ -58,7 +58,8 @@ def test_default_is_the_tiny_model():
     "override,message",
     [
         ("data.source=local", "data.source=local needs data.path"),
-        ("invert.generator=openai", "needs invert.model"),
+        ("invert.generator=openai", "needs invert.endpoint.model"),
+        ("invert.generator=hf", "needs invert.model"),
         ("select.order=middle", "select.order"),
         ("memo.mode=middle", "memo.mode"),
         ("memo.decode=raw", "memo.decode"),

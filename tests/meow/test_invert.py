@@ -3,52 +3,17 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from common.chat import EndpointConfig
 from common.errors import UserError
 from methods.meow.config import DataConfig, InvertConfig
 from methods.meow.data import generate
 from methods.meow.invert import check_matches_forget, invert_rows, openai_generator, template_generator
+from tests.fake_openai import FakeEndpoint
 
 FORGET = generate(DataConfig(n_authors=10, qa_per_author=10, n_general=8), 0)["forget10"][:4]
-
-
-class Endpoint:
-    """A loopback chat-completions server that fails every request after the first `ok` ones."""
-
-    def __init__(self, ok: int, reply: str = "First wrong answer.\n\n  Second wrong answer.  \n", fail: int = 503):
-        self.ok, self.requests, self.auth = ok, 0, []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests += 1
-                outer.auth.append(self.headers.get("Authorization"))
-                if outer.requests > outer.ok:
-                    self.send_response(fail)
-                    self.end_headers()
-                    self.wfile.write(b"overloaded")
-                    return
-                assert body["messages"][1]["content"].startswith("Question: ")
-                payload = json.dumps({"choices": [{"message": {"content": reply}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def close(self):
-        self.server.shutdown()
 
 
 def test_template_rows_in_release_layout_and_resume(tmp_path):
@@ -66,42 +31,34 @@ def test_template_rows_in_release_layout_and_resume(tmp_path):
     assert resumed[:2] == first and resumed == invert_rows(FORGET, gen, tmp_path / "fresh.json")
 
 
+def openai_config(url: str, **endpoint) -> InvertConfig:
+    return InvertConfig(generator="openai", endpoint=EndpointConfig(base_url=url, model="m", **endpoint))
+
+
 def test_openai_endpoint_drops_empty_lines_and_sends_key(tmp_path, monkeypatch):
     monkeypatch.setenv("TEST_LLM_KEY", "sk-test")
-    ep = Endpoint(ok=100)
-    try:
-        gen = openai_generator(InvertConfig(generator="openai", model="m", base_url=ep.url, api_key_env="TEST_LLM_KEY"))
+    with FakeEndpoint("First wrong answer.\n\n  Second wrong answer.  \n") as ep:
+        gen = openai_generator(openai_config(ep.url, api_key_env="TEST_LLM_KEY"))
         rows = invert_rows(FORGET[:2], gen, tmp_path / "inv.json")
-    finally:
-        ep.close()
     assert rows[0]["answer_0"] == "First wrong answer." and rows[0]["answer_1"] == "Second wrong answer."
     assert "answer_2" not in rows[0]
     assert ep.auth == ["Bearer sk-test"] * 2
+    assert ep.bodies[0]["messages"][1]["content"] == f"Question: {FORGET[0]['question']}\nAnswer: {FORGET[0]['answer']}"
 
 
 def test_failing_endpoint_is_retried_then_reported_with_partial_cache(tmp_path):
-    ep = Endpoint(ok=2)
-    waits: list[float] = []
     out = tmp_path / "inv.json"
-    try:
-        s = InvertConfig(generator="openai", model="m", base_url=ep.url, retries=3, backoff_s=0.5)
-        with pytest.raises(UserError, match=r"after retries.*HTTP 503.*2/4 rows kept"):
-            invert_rows(FORGET, openai_generator(s, sleep=waits.append), out)
-    finally:
-        ep.close()
+    with FakeEndpoint("A.\nB.", ok=2, fail=503, headers={"retry-after-ms": "5"}) as ep:
+        with pytest.raises(UserError, match=r"HTTP 503 after retries.*2/4 rows kept"):
+            invert_rows(FORGET, openai_generator(openai_config(ep.url, max_retries=3)), out)
     assert ep.requests == 2 + 4  # the third row: one try and three retries
-    assert waits == [0.5, 1.0, 2.0]  # exponential backoff
     assert [r["question"] for r in json.loads(out.read_text())] == [r["question"] for r in FORGET[:2]]
 
 
 def test_client_errors_are_not_retried(tmp_path):
-    ep = Endpoint(ok=0, fail=401)
-    try:
-        s = InvertConfig(generator="openai", model="m", base_url=ep.url, retries=3, backoff_s=0.5)
+    with FakeEndpoint(ok=0, fail=401) as ep:
         with pytest.raises(UserError, match=r"HTTP 401.*0/4 rows kept"):
-            invert_rows(FORGET, openai_generator(s, sleep=lambda t: None), tmp_path / "inv.json")
-    finally:
-        ep.close()
+            invert_rows(FORGET, openai_generator(openai_config(ep.url, max_retries=3)), tmp_path / "inv.json")
     assert ep.requests == 1
 
 
