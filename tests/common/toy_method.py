@@ -8,12 +8,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from common.cli import Command, Method, main
 from common.config import BaseConfig, opt
 from common.items import Outcome, run_each, summarize
 from common.loggers import make_logger
 from common.trainer import fit
-from tests.common.toy import toy_data, toy_task
+from tests.common.toy import flat_params, toy_data, toy_task
 
 
 @dataclass
@@ -25,7 +27,13 @@ class ToyConfig(BaseConfig):
 def train(cfg: ToyConfig, run_dir: Path) -> dict[str, float]:
     (run_dir / "partial.txt").write_text("written before the failure")
     result = fit(toy_task(data=toy_data(cfg.n)), cfg.trainer, run_dir, make_logger(cfg.logger, run_dir))
-    return {"train_loss": result.metrics["train/loss"]}
+    processes = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    return {"train_loss": result.metrics["train/loss"], "processes": float(processes), **weights(result.model)}
+
+
+def weights(model: torch.nn.Module) -> dict[str, float]:
+    """The trained parameters as metrics, so that a test can compare two runs' weights from results.json alone."""
+    return {f"w{i}": float(v) for i, v in enumerate(flat_params(model))}
 
 
 def items(cfg: ToyConfig, run_dir: Path) -> dict[str, float]:
