@@ -21,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from common.config import as_dict, compose_raw, field_docs, validate
 from common.dist import export_slurm_distributed_env, is_main_process
 from common.errors import UserError
+from common.io import WRITE_ERRNOS, write_error
 from common.items import ItemsFailed
 from common.results import write_results
 
@@ -124,6 +125,17 @@ def _precheck(method: Method, overrides: list[str], conf_dir: str) -> None:
         fail(str(e))
 
 
+def _check_writable(directory: str) -> None:
+    """The run dir must be creatable: a read-only or forbidden place is one line before Hydra writes anything."""
+    if "${" in directory:  # interpolated by Hydra (a sweep's ${now:}): its fixed part is checked
+        directory = directory.split("${")[0]
+    existing = Path(directory).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK):
+        fail(f"cannot write the run dir {directory}: {existing} is read-only or not writable")
+
+
 def _split_flags(args: list[str]) -> tuple[list[str], list[str]]:
     """Hydra's flags (with their values) and the overrides: argparse needs every flag before the first override."""
     flags, overrides = [], []
@@ -187,6 +199,10 @@ def main(method: Method, argv: list[str] | None = None, conf_dir: str = CONF_DIR
         overrides.append(f"hydra.run.dir={run_root(method.name, name)}/{launch_stamp()}")
     if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
         overrides.append(f"hydra.sweep.dir={SWEEPS_DIR}/{method.name}/{name}/${{now:%Y-%m-%d_%H-%M-%S}}")
+    sweep = "-m" in flags or "--multirun" in flags
+    _check_writable(
+        next(o for o in overrides if o.startswith(f"hydra.{'sweep' if sweep else 'run'}.dir=")).split("=", 1)[1]
+    )
 
     import hydra
     from hydra.core.hydra_config import HydraConfig
@@ -206,6 +222,10 @@ def main(method: Method, argv: list[str] | None = None, conf_dir: str = CONF_DIR
             metrics, error = e.metrics, e
         except UserError as e:
             fail(str(e))
+        except OSError as e:  # a full disk or a read-only place met by a write that is not ours
+            if e.errno not in WRITE_ERRNOS:
+                raise
+            fail(str(write_error(e.filename or ".", e)))
         if is_main_process():
             write_results(run_dir, f"{method.name} {name}", metrics, as_dict(cfg))
             if method.table is not None and name == method.main_job:

@@ -77,12 +77,19 @@ class TrainerConfig:
     )
     eval_every: int = opt(0, "evaluate every N steps; 0 = at the end of every epoch", ge=0)
     save_every: int = opt(0, "checkpoint every N steps; 0 = at the end of every epoch", ge=0, key=False)
+    save_minutes: float = opt(
+        10.0,
+        "also checkpoint once this many minutes passed since the last checkpoint; 0 = never by time",
+        ge=0,
+        key=False,
+    )
     best_metric: Optional[str] = opt(None, "keep the checkpoint best on this evaluated metric")
     best_mode: str = opt("max", "whether larger or smaller best_metric is better", choices=("max", "min"))
     seed: int = opt(42, "seed of the data order")
     log_every: int = opt(10, "log the loss every N steps", ge=1, key=False)
     progress: bool = opt(True, "show a progress bar", key=False)
     resume: bool = opt(True, "resume from the newest complete checkpoint (refused if settings changed)", key=False)
+    gradient_checkpointing: bool = opt(False, "recompute activations in backward (transformers models): less memory")
     ddp_find_unused_parameters: bool = opt(False, "DDP: allow parameters without gradients", key=False)
 
     def check(self) -> None:

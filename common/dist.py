@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 
 def rank() -> int:
@@ -30,6 +33,27 @@ def main_then_wait(fn: Callable[[], None]) -> None:
     if state.is_main_process:
         fn()
     state.wait_for_everyone()
+
+
+@contextlib.contextmanager
+def main_holds_lock(lock_file: Path, waiting: str) -> Iterator[None]:
+    """An exclusive lock between jobs (flock on `lock_file`), taken by each job's main process; the job's other
+    processes wait at a barrier until it is held, so the whole job works inside it. Printing `waiting` when another
+    job holds it. flock works on local disks and NFSv4; the lock is released by the kernel if the holder dies."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as f:
+        if is_main_process():
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(waiting, flush=True)
+                fcntl.flock(f, fcntl.LOCK_EX)
+        main_then_wait(lambda: None)
+        try:
+            yield
+        finally:
+            if is_main_process():
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def export_slurm_distributed_env() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -54,6 +55,23 @@ def read_records(path: str | Path, required: Sequence[str] = ()) -> list[dict]:
     return out
 
 
+# errno values of a write that failed for lack of space or permission, not because of a bug.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def write_error(path: str | Path, e: BaseException) -> UserError:
+    """One line for a write that failed: the path and the reason. Some writers (torch.save) hide a full disk behind
+    their own message, so the free space is checked too (call this before removing the partial files)."""
+    why = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines() or [type(e).__name__])[0]
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if free < 2**20 and "No space left" not in why:
+        why = f"no space left on device ({free} bytes free): {why}"
+    return UserError(f"cannot write {path}: {why}")
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -65,7 +83,8 @@ def _remove(path: Path) -> None:
 def atomic_write(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` (write a file or make a directory there); it takes `path`'s place only if
     the block finishes without error, so `path` is always complete or absent. A directory already at `path` is
-    swapped out and then deleted. The temporary name is unique per process."""
+    swapped out and then deleted. The temporary name is unique per process. A full disk or a read-only or forbidden
+    place is one UserError naming the path, with the partial output removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -79,6 +98,10 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
             _remove(old)
         else:
             os.replace(tmp, path)
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        raise write_error(path, e) from None
     finally:
         _remove(tmp)
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +246,22 @@ def attach_lora(model: torch.nn.Module, cfg: ModelConfig | DictConfig | dict) ->
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type=task
     )
     return get_peft_model(model, config)
+
+
+def without_adapters(model: torch.nn.Module) -> Callable[..., Any]:
+    """The frozen base under a peft model's adapters, called like a model: a reference (KL, NPO, DPO) that costs no
+    second copy of the weights. Run in eval mode and without gradients, as a separate frozen copy would be."""
+
+    def forward(**inputs: Any) -> Any:
+        was_training = model.training
+        model.eval()
+        try:
+            with model.disable_adapter(), torch.no_grad():
+                return model(**inputs)
+        finally:
+            model.train(was_training)
+
+    return forward
 
 
 def save_model(model: torch.nn.Module, tokenizer: Any, path: str | Path) -> Path:

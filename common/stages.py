@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from common.dist import main_then_wait
+from common.dist import main_holds_lock, main_then_wait
 from common.io import atomic_write
 
 
@@ -62,18 +62,23 @@ def run_stage(name: str, path: Path, write: Callable[..., None], compute: Callab
 
     `write(tmp)` writes the output (a file, or a directory it creates) on the main process while the others wait.
     With `compute`, every process first runs compute() (collective work such as DDP training) and the main process
-    then calls `write(tmp, value)`.
+    then calls `write(tmp, value)`. Jobs sharing a cache (a sweep) take a lock beside the output: one makes it, the
+    others wait for it and then reuse it.
     """
     path = Path(path)
     if path.exists():
         print(f"[ cached ] {name}: {path}", flush=True)
         return path
-    with timed(f"{name}: {path}"):
-        value = compute() if compute is not None else None
+    with main_holds_lock(path.with_name(f".{path.name}.lock"), f"{name}: waiting for another job making {path}"):
+        if path.exists():
+            print(f"[ cached ] {name}: made by another job meanwhile: {path}", flush=True)
+            return path
+        with timed(f"{name}: {path}"):
+            value = compute() if compute is not None else None
 
-        def publish() -> None:
-            with atomic_write(path) as tmp:
-                write(tmp) if compute is None else write(tmp, value)
+            def publish() -> None:
+                with atomic_write(path) as tmp:
+                    write(tmp) if compute is None else write(tmp, value)
 
-        main_then_wait(publish)
+            main_then_wait(publish)
     return path

@@ -18,7 +18,8 @@ import math
 import os
 import random
 import shutil
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 from common.checkpoint import without_shared
 from common.config import TrainerConfig
 from common.errors import UserError
+from common.io import write_error
 from common.loggers import Logger, NullLogger
 from common.stages import key_data
 
@@ -98,13 +100,26 @@ def _optimizer(params_with_names: list[tuple[str, torch.nn.Parameter]], cfg: Tra
     return kinds[cfg.optimizer](groups, lr=cfg.lr)
 
 
-def _load_weights(model: torch.nn.Module, path: Path) -> None:
+def _load_weights(model: torch.nn.Module, path: Path, frozen: set[str] = frozenset()) -> None:
+    """Load a checkpoint's weights; tied copies and frozen parameters (never saved) may be absent."""
     missing, unexpected = model.load_state_dict(load_file(path), strict=False)
     tied = {k for k, v in model.state_dict().items()} - set(without_shared(model.state_dict()))
-    if unexpected or set(missing) - tied:
+    absent = set(missing) - tied - frozen
+    if unexpected or absent:
         raise UserError(
-            f"{path}: weights do not fit the model (missing {sorted(set(missing) - tied)[:5]}, unexpected {unexpected[:5]})"
+            f"{path}: weights do not fit the model (missing {sorted(absent)[:5]}, unexpected {unexpected[:5]})"
         )
+
+
+@contextlib.contextmanager
+def _saving(tmp: Path) -> Iterator[None]:
+    """A failed checkpoint write (disk full, read-only) is one line naming the path; its partial files go."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - torch.save reports a full disk as a RuntimeError
+        error = write_error(tmp, e)  # before the cleanup frees the space
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{error}; the previous checkpoint is kept") from None
 
 
 def _rng_state() -> dict[str, Any]:
@@ -240,11 +255,22 @@ def fit(
     resuming = cfg.resume and bool(complete)
     ckpt_dir = complete[0] if complete else root / "none"
     model = task.model
+    # Checkpoints keep what training changes: a LoRA run saves its adapters, not the frozen 7B base.
+    frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
     if resuming:
         state = json.loads((ckpt_dir / "state.json").read_text())
         _check_same_training(state.get("settings", {}), settings, ckpt_dir)
-        _load_weights(model, ckpt_dir / "model.safetensors")
+        _load_weights(model, ckpt_dir / "model.safetensors", frozen)
 
+    if cfg.gradient_checkpointing:
+        # transformers 5 renamed it activation checkpointing; non-reentrant recomputation gives gradients to LoRA
+        # adapters even though the frozen embeddings below them need none.
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif hasattr(model, "gradient_checkpointing_enable"):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            raise UserError(f"trainer.gradient_checkpointing: {type(model).__name__} is not a transformers model")
     named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise UserError("the model has no trainable parameters")
@@ -266,24 +292,28 @@ def fit(
         scheduler.load_state_dict(torch.load(ckpt_dir / "scheduler.pt", weights_only=True))
         _set_rng_state(torch.load(ckpt_dir / f"rng.rank{rank}.pt", weights_only=True))
 
+    def trained_weights() -> dict[str, torch.Tensor]:
+        return {k: v for k, v in without_shared(accelerator.get_state_dict(model)).items() if k not in frozen}
+
     def save_checkpoint(step: int) -> None:
-        nonlocal ckpt_dir
-        weights = without_shared(accelerator.get_state_dict(model))
+        nonlocal ckpt_dir, last_save
+        weights = trained_weights()
         # One temp dir for all ranks, named by the main process (unique per process, so never another writer's).
         tmp = root / broadcast_object_list([f".tmp-step-{step}-{os.getpid()}"])[0]
-        if accelerator.is_main_process:
-            tmp.mkdir(parents=True)
-            save_file(weights, tmp / "model.safetensors")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        accelerator.wait_for_everyone()
-        torch.save(optimizer.state_dict(), tmp / f"optimizer.rank{rank}.pt")
-        torch.save(_rng_state(), tmp / f"rng.rank{rank}.pt")
-        accelerator.wait_for_everyone()
-        ckpt_dir = root / f"step-{step}"
-        if accelerator.is_main_process:
-            # state.json is written last: a checkpoint without it is incomplete and never resumed from.
-            (tmp / "state.json").write_text(json.dumps({**state, "step": step}))
-            _publish(tmp, ckpt_dir, "step-", "state.json")
+        with _saving(tmp):
+            if accelerator.is_main_process:
+                tmp.mkdir(parents=True)
+                save_file(weights, tmp / "model.safetensors")
+                torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            accelerator.wait_for_everyone()
+            torch.save(optimizer.state_dict(), tmp / f"optimizer.rank{rank}.pt")
+            torch.save(_rng_state(), tmp / f"rng.rank{rank}.pt")
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                # state.json is written last: a checkpoint without it is incomplete and never resumed from.
+                (tmp / "state.json").write_text(json.dumps({**state, "step": step}))
+                _publish(tmp, root / f"step-{step}", "step-", "state.json")
+        ckpt_dir, last_save = root / f"step-{step}", time.monotonic()
         accelerator.wait_for_everyone()
 
     def run_eval(step: int) -> None:
@@ -303,13 +333,14 @@ def fit(
         value, best = metrics[cfg.best_metric], state["best"]
         if best is None or (value > best if cfg.best_mode == "max" else value < best):
             state.update(best=value, best_step=step)
-            weights = without_shared(accelerator.get_state_dict(model))
+            weights = trained_weights()
             if accelerator.is_main_process:
                 tmp = root / f".tmp-best-{step}-{os.getpid()}"
-                tmp.mkdir(parents=True)
-                save_file(weights, tmp / "model.safetensors")
-                (tmp / "metrics.json").write_text(json.dumps({"step": step, **metrics}))
-                _publish(tmp, root / f"best-{step}", "best-", "metrics.json")
+                with _saving(tmp):
+                    tmp.mkdir(parents=True)
+                    save_file(weights, tmp / "model.safetensors")
+                    (tmp / "metrics.json").write_text(json.dumps({"step": step, **metrics}))
+                    _publish(tmp, root / f"best-{step}", "best-", "metrics.json")
             accelerator.wait_for_everyone()
 
     model.train()
@@ -317,9 +348,13 @@ def fit(
         total=total_steps, initial=state["step"], disable=not (cfg.progress and accelerator.is_main_process)
     )
     running: float | None = None
+    last_save = time.monotonic()
     for step in range(state["step"], total_steps):
         indices = batches_for_step(n, step, steps_per_epoch, global_batch, cfg.seed)
-        step_loss = torch.zeros(2, device=accelerator.device)  # [sum of micro losses, non-finite flag]
+        # [sum of micro losses, non-finite flag, a checkpoint is due by time]: reduced once, so every rank agrees.
+        step_loss = torch.zeros(3, device=accelerator.device)
+        if accelerator.is_main_process and 0 < cfg.save_minutes * 60 <= time.monotonic() - last_save:
+            step_loss[2] = 1
         logs: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
             start = (micro * world + rank) * cfg.batch_size
@@ -367,7 +402,8 @@ def fit(
         end_of_epoch = done % steps_per_epoch == 0 or done == total_steps
         if done == total_steps or (done % cfg.eval_every == 0 if cfg.eval_every > 0 else end_of_epoch):
             run_eval(done)
-        if (cfg.save_every > 0 and done % cfg.save_every == 0) or (cfg.save_every == 0 and end_of_epoch):
+        by_steps = done % cfg.save_every == 0 if cfg.save_every > 0 else end_of_epoch
+        if by_steps or step_loss[2] > 0:
             state["step"] = done
             save_checkpoint(done)
     progress.close()
@@ -377,7 +413,7 @@ def fit(
     if cfg.best_metric is not None and state["best_step"] is not None:
         accelerator.wait_for_everyone()
         best_dir = _complete(root, "best-", "metrics.json")[0]
-        _load_weights(unwrapped, best_dir / "model.safetensors")
+        _load_weights(unwrapped, best_dir / "model.safetensors", frozen)
         metrics = json.loads((best_dir / "metrics.json").read_text())
     if running is not None:
         metrics["train/loss"] = running

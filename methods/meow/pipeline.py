@@ -18,7 +18,14 @@ from common.errors import UserError
 from common.io import read_records, write_json
 from common.lm import Encoded, collate, encode_qa
 from common.loggers import Logger, Prefixed
-from common.models import TINY_MODELS, attach_lora, load_causal_lm, resolve_model_path, save_model
+from common.models import (
+    TINY_MODELS,
+    attach_lora,
+    load_causal_lm,
+    resolve_model_path,
+    save_model,
+    without_adapters,
+)
 from common.registry import get
 from common.stages import run_stage, stage_path
 from common.trainer import Task, fit
@@ -235,8 +242,12 @@ def unlearn(
     """Unlearn the forget split from the target with `method`; returns (model, tokenizer)."""
     objective = get("meow.loss", method)
     model, tokenizer = load_lm(cfg, source, target)
-    ref = load_lm(cfg, source, target)[0] if objective.reference else None
+    lora = cfg.model.lora.r > 0
+    # Under LoRA the reference is the same weights with the adapters off, not a second copy of a 7B model.
+    ref = load_lm(cfg, source, target)[0] if objective.reference and not lora else None
     model = attach_lora(model, cfg.model)
+    if objective.reference and lora:
+        ref = without_adapters(model)
     forget, retain = source.load(cfg.data.forget_split), source.load(cfg.data.retain_split)
     items = build_items(method, forget, retain, selected, partial(encode, cfg, tokenizer), cfg.seed)
 
@@ -248,7 +259,7 @@ def unlearn(
         train_data=items,
         collate=partial(collate_items, pad_id=tokenizer.pad_token_id),
         loss=loss,
-        frozen=[ref] if ref is not None else [],
+        frozen=[ref] if ref is not None and not lora else [],
     )
     print(f"unlearning with {method} ({len(items)} items)", flush=True)
     result = fit(task, cfg.trainer, out_dir / "train", Prefixed(logger, method) if logger else None)

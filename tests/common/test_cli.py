@@ -128,6 +128,15 @@ def test_command_help_says_what_it_does_and_lists_its_keys(toy_conf, tmp_path):
     assert hydra_help.returncode == 0 and "Powered by Hydra" in hydra_help.stdout
 
 
+def test_a_read_only_run_dir_is_one_line_and_nothing_is_written(toy_conf, tmp_path, small_disk):
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    proc = toy(toy_conf, "train", f"hydra.run.dir={small_disk / 'runs' / 'one'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: cannot write the run dir {small_disk / 'runs' / 'one'}: {small_disk} is read-only or not writable"
+    ]
+
+
 def test_sweep_through_the_local_launcher_runs_both_jobs(toy_conf, tmp_path):
     sweep = tmp_path / "sweep"
     proc = toy(

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import List, Optional
 
 import pytest
@@ -13,6 +17,8 @@ from common.config import MODEL, PATH, opt, section, validate
 from common.errors import UserError
 from common.registry import create, names, register
 from common.stages import key_of, run_stage, stage_path
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -92,7 +98,40 @@ def test_stage_runs_once_and_is_complete_or_absent(tmp_path, capsys):
 
     with pytest.raises(RuntimeError):
         run_stage("broken", tmp_path / "dir", broken)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]  # neither the output nor its temp remains
+    left = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock"))
+    assert left == ["out.txt"]  # neither the output nor its temp remains
+
+
+STAGE_JOB = """
+import os, sys, time
+from pathlib import Path
+from common.stages import run_stage
+
+def write(tmp):
+    with open(sys.argv[2], "a") as log:
+        log.write(f"{os.getpid()}\\n")
+    time.sleep(1.5)  # long enough that the other job starts while this one builds
+    tmp.write_text(f"made by {os.getpid()}")
+
+print(run_stage("shared", Path(sys.argv[1]), write).read_text())
+"""
+
+
+def test_two_jobs_needing_one_stage_build_it_once(tmp_path):
+    out, log = tmp_path / "cache" / "model.txt", tmp_path / "builds.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-c", STAGE_JOB, str(out), str(log)], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [job.communicate(timeout=120)[0] for job in jobs]
+    assert all(job.returncode == 0 for job in jobs)
+    builders = log.read_text().split()
+    assert len(builders) == 1  # one job built it, the other waited and reused it
+    assert [o.strip().splitlines()[-1] for o in outputs] == [f"made by {builders[0]}"] * 2
+    assert sum("made by another job meanwhile" in o for o in outputs) == 1
 
 
 def test_stage_with_compute_writes_the_computed_value(tmp_path):

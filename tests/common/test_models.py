@@ -3,7 +3,7 @@ import torch
 
 from common.config import LoraConfig, ModelConfig
 from common.errors import UserError
-from common.models import attach_lora, load_causal_lm, load_model, save_model, tiny_model_path
+from common.models import attach_lora, load_causal_lm, load_model, save_model, tiny_model_path, without_adapters
 
 CORPUS = ["Question: Where was Ana born?\nAnswer: Ana was born in Lisbon.", "[INST] Who is Ana? [/INST] A writer."] * 20
 
@@ -72,3 +72,22 @@ def test_sequence_classification_head_loads_from_a_causal_checkpoint(tmp_path):
 def test_missing_model_path_is_one_clear_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_causal_lm(ModelConfig(name_or_path=str(tmp_path / "nope")), tmp_path)
+
+
+def test_the_base_without_adapters_is_the_reference_a_second_copy_would_be(tmp_path):
+    cfg = ModelConfig(name_or_path="tiny-llama", lora=LoraConfig(r=4, dropout=0.5))
+    base, tok = load_causal_lm(cfg, tmp_path, corpus=CORPUS)
+    copy, _ = load_causal_lm(cfg, tmp_path, corpus=CORPUS)
+    model = attach_lora(base, cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()  # adapters that change the output
+    model.train()
+    batch = dict(tok(["Ana was born in Lisbon."], return_tensors="pt"))
+    reference = without_adapters(model)(**batch).logits
+    copy.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reference, copy(**batch).logits)
+        assert not torch.allclose(model(**batch).logits, reference)
+    assert model.training and not reference.requires_grad  # back in training mode; no graph kept

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from common.errors import UserError
-from common.trainer import NonFiniteLoss, TrainerConfig, batches_for_step, fit
+from common.trainer import NonFiniteLoss, Task, TrainerConfig, batches_for_step, fit
+from tests.common.toy import collate as toy_collate
 from tests.common.toy import flat_params, mse, toy_data, toy_task
 
 REPO = Path(__file__).resolve().parents[2]
@@ -152,3 +153,90 @@ def test_a_kill_at_any_phase_of_a_save_resumes_to_the_same_weights(tmp_path):
         torch.testing.assert_close(final, reference, rtol=0, atol=0, msg=phase)
         left = sorted(p.name for p in (run / "checkpoints").iterdir())
         assert left == ["step-15"], (phase, left)  # the last one only: no temp, trash or half-deleted directory
+
+
+def test_frozen_parameters_stay_out_of_checkpoints_and_resume_is_exact(tmp_path):
+    def half_frozen():
+        task = toy_task(dropout=0.3)
+        task.model[0].requires_grad_(False)  # as a LoRA run's base model
+        return task
+
+    reference = fit(half_frozen(), cfg(save_every=2), tmp_path / "straight").model
+    calls = {"n": 0}
+
+    def crashing(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise RuntimeError("simulated crash")
+        return mse(model, batch)
+
+    task = half_frozen()
+    task.loss = crashing
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(task, cfg(save_every=2), tmp_path / "crashed")
+    from safetensors.torch import load_file
+
+    assert set(load_file(tmp_path / "crashed/checkpoints/step-6/model.safetensors")) == {"3.weight", "3.bias"}
+    resumed = fit(half_frozen(), cfg(save_every=2), tmp_path / "crashed").model
+    torch.testing.assert_close(flat_params(resumed), flat_params(reference), rtol=0, atol=0)
+
+
+def test_checkpoints_by_time_without_a_step_interval(tmp_path):
+    fit(toy_task(), cfg(epochs=1, save_every=10**6, save_minutes=0), tmp_path / "never")
+    assert not (tmp_path / "never/checkpoints").exists()
+    fit(toy_task(), cfg(epochs=1, save_every=10**6, save_minutes=1e-9), tmp_path / "timed")
+    assert [p.name for p in (tmp_path / "timed/checkpoints").iterdir()] == ["step-5"]  # each step's, newest kept
+
+
+def test_lora_with_gradient_checkpointing_trains_the_adapters_and_saves_only_them(tmp_path):
+    from common.config import LoraConfig, ModelConfig
+    from common.lm import collate, encode_qa, sequence_nll
+    from common.models import attach_lora, load_causal_lm
+
+    corpus = [f"Question: What is {i}?\nAnswer: It is {i}." for i in range(16)]
+    model_cfg = ModelConfig(name_or_path="tiny-llama", family="phi", lora=LoraConfig(r=4))
+    model, tok = load_causal_lm(model_cfg, tmp_path, corpus=corpus)
+    model = attach_lora(model, model_cfg)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    data = [encode_qa(tok, "phi", f"What is {i}?", f"It is {i}.") for i in range(16)]
+
+    def nll(m, batch):
+        total, count, _ = sequence_nll(m, batch)
+        return total.sum() / count.sum(), {}
+
+    task = Task(model=model, train_data=data, collate=lambda b: collate(b, tok.pad_token_id), loss=nll)
+    trained = fit(task, cfg(epochs=1, batch_size=4, lr=1e-2, gradient_checkpointing=True), tmp_path / "run").model
+    assert getattr(trained, "is_activation_checkpointing", None) or trained.is_gradient_checkpointing
+    changed = {k for k, v in trained.named_parameters() if not torch.equal(v.detach(), before[k])}
+    assert changed and all("lora_" in k for k in changed)
+    assert any("lora_A" in k for k in changed) and any("lora_B" in k for k in changed)
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "run/checkpoints/step-4/model.safetensors")
+    assert saved and all("lora_" in k for k in saved)
+
+
+def wide_task() -> Task:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 200), torch.nn.Tanh(), torch.nn.Linear(200, 1))  # ~6 KB of weights
+    return Task(model=model, train_data=toy_data(), collate=toy_collate, loss=mse)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(small_disk):
+    # Weights and Adam's two moments (~20 KB a checkpoint) fit twice, not three times: the third save fails.
+    with pytest.raises(UserError) as e:
+        fit(wide_task(), cfg(epochs=6, save_every=1), small_disk / "run")
+    message = str(e.value)
+    assert "cannot write" in message and "no space left on device" in message.lower() and "\n" not in message
+    assert "previous checkpoint is kept" in message
+    left = sorted(p.name for p in (small_disk / "run/checkpoints").iterdir())
+    assert len(left) == 1 and left[0].startswith("step-")  # no .tmp-* beside it
+    state = json.loads((small_disk / "run/checkpoints" / left[0] / "state.json").read_text())
+    assert state["step"] == int(left[0].split("-")[1])
+
+
+def test_a_read_only_place_is_one_line(small_disk):
+    (small_disk / "run").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    with pytest.raises(UserError, match=r"cannot write .*run/checkpoints.*Read-only file system"):
+        fit(toy_task(), cfg(epochs=1), small_disk / "run")

@@ -98,3 +98,17 @@ def test_lora_unlearning_trains_and_saves_only_the_adapter(finetuned, meow_cache
     assert trainable and all("lora_" in n for n in trainable)
     assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
     assert not (tmp_path / "model" / "model.safetensors").exists()
+
+
+def test_lora_npo_takes_its_reference_from_the_base_without_a_second_model(
+    finetuned, meow_cache, tmp_path, monkeypatch
+):
+    cfg, source, _, _ = finetuned
+    cfg = compose("meow", f"cache_dir={meow_cache}", "model.lora.r=4", "trainer.epochs=1", *SMALL)
+    target = pipeline.finetuned_path(cfg, source, "target")
+    loads = []
+    load_lm = pipeline.load_lm
+    monkeypatch.setattr(pipeline, "load_lm", lambda *a, **k: loads.append(a) or load_lm(*a, **k))
+    model, _ = pipeline.unlearn(cfg, "npo+kl", source, target, None, tmp_path, None)
+    assert len(loads) == 1  # full fine-tuning loads the target twice: the model and its frozen reference
+    assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
