@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from common.checkpoint import without_shared
@@ -224,6 +225,9 @@ def fit(
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # without it accelerate ignores torchrun on CPU-only hosts (no gloo DDP)
         mixed_precision=_precision(cfg.mixed_precision),
+        # accelerate owns accumulation: it skips the gradient sync of all but the last micro-batch under DDP/FSDP,
+        # scales the loss, and under DeepSpeed lets the engine accumulate and step itself.
+        gradient_accumulation_steps=cfg.grad_accum,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.ddp_find_unused_parameters)],
     )
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -349,28 +353,43 @@ def fit(
     )
     running: float | None = None
     last_save = time.monotonic()
+
+    def micro_batches() -> Iterator[list[int]]:
+        """This rank's share of every remaining optimizer step, micro-batch by micro-batch, in the seeded order."""
+        for step in range(state["step"], total_steps):
+            indices = batches_for_step(n, step, steps_per_epoch, global_batch, cfg.seed)
+            for micro in range(cfg.grad_accum):
+                start = (micro * world + rank) * cfg.batch_size
+                yield indices[start : start + cfg.batch_size]
+
+    # Workers load and collate ahead of the step, in the same order as the main process would.
+    loader = iter(
+        DataLoader(
+            task.train_data,  # type: ignore[arg-type] - a Sequence is a map-style dataset
+            batch_sampler=micro_batches(),  # type: ignore[arg-type] - iterated once
+            collate_fn=task.collate,
+            num_workers=cfg.num_workers,
+            pin_memory=accelerator.device.type == "cuda",
+            generator=torch.Generator(),  # its own: seeding workers must not draw from the RNG dropout uses
+        )
+    )
     for step in range(state["step"], total_steps):
-        indices = batches_for_step(n, step, steps_per_epoch, global_batch, cfg.seed)
         # [sum of micro losses, non-finite flag, a checkpoint is due by time]: reduced once, so every rank agrees.
         step_loss = torch.zeros(3, device=accelerator.device)
         if accelerator.is_main_process and 0 < cfg.save_minutes * 60 <= time.monotonic() - last_save:
             step_loss[2] = 1
         logs: dict[str, float] = {}
-        for micro in range(cfg.grad_accum):
-            start = (micro * world + rank) * cfg.batch_size
-            batch = _to_device(
-                task.collate([task.train_data[i] for i in indices[start : start + cfg.batch_size]]), accelerator.device
-            )
-            sync = micro == cfg.grad_accum - 1
-            with (
-                accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext(),
-                accelerator.autocast(),
-            ):
-                loss, logs = task.loss(model, batch)
-            if not torch.isfinite(loss.detach()):
-                step_loss[1] = 1  # still run backward: under DDP every rank must reach the same all-reduce
-            accelerator.backward(loss / cfg.grad_accum)
+        for _ in range(cfg.grad_accum):
+            batch = _to_device(next(loader), accelerator.device)
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    loss, logs = task.loss(model, batch)
+                if not torch.isfinite(loss.detach()):
+                    step_loss[1] = 1  # still run backward: under DDP every rank must reach the same all-reduce
+                accelerator.backward(loss)  # divided by grad_accum there
             step_loss[0] += loss.detach().float() / cfg.grad_accum
+        if not accelerator.sync_gradients:
+            raise RuntimeError("accelerate did not sync gradients at the last micro-batch of an optimizer step")
         grad_norm = (
             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
         )

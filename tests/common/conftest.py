@@ -14,4 +14,5 @@ def small_disk(tmp_path):
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.decode().strip()}")
     yield mount
-    subprocess.run(["umount", str(mount)])
+    # Lazy: a failed write may leave a file open (held by the traceback) until the test is collected.
+    subprocess.run(["umount", "--lazy", str(mount)])

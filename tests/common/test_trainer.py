@@ -240,3 +240,9 @@ def test_a_read_only_place_is_one_line(small_disk):
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     with pytest.raises(UserError, match=r"cannot write .*run/checkpoints.*Read-only file system"):
         fit(toy_task(), cfg(epochs=1), small_disk / "run")
+
+
+def test_dataloader_workers_feed_the_same_batches_in_the_same_order(tmp_path):
+    main = fit(toy_task(dropout=0.3), cfg(batch_size=4, grad_accum=2), tmp_path / "main").model
+    workers = fit(toy_task(dropout=0.3), cfg(batch_size=4, grad_accum=2, num_workers=2), tmp_path / "workers").model
+    torch.testing.assert_close(flat_params(workers), flat_params(main), rtol=0, atol=0)
