@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 from common.config import opt
 from common.errors import UserError
@@ -20,6 +21,10 @@ from common.lm import generate_greedy
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": ...}
 Responder = Callable[[Sequence[list[Message]]], list[str]]
+
+
+# Hosted APIs that refuse every request without a key.
+KEYED_HOSTS = ("api.openai.com", "api.deepseek.com", "api.together.xyz", "openrouter.ai", "api.groq.com")
 
 
 class EndpointError(UserError):
@@ -45,8 +50,12 @@ def endpoint_client(cfg: EndpointConfig):
 
     if not cfg.model:
         raise UserError(f"endpoint {cfg.base_url}: no model name set")
+    key = os.environ.get(cfg.api_key_env)
+    if not key and urlparse(cfg.base_url).hostname in KEYED_HOSTS:
+        # Every request would be refused: one line now, not one failure per item.
+        raise UserError(f"endpoint {cfg.base_url}: set the environment variable {cfg.api_key_env} to the API key")
     # A local server usually needs no key; the client insists on a string.
-    key = os.environ.get(cfg.api_key_env) or "none"
+    key = key or "none"
     return openai.OpenAI(base_url=cfg.base_url, api_key=key, timeout=cfg.timeout_s, max_retries=cfg.max_retries)
 
 

@@ -68,3 +68,10 @@ def test_local_responder_needs_a_chat_template(tmp_path):
     model, tok = load_model(ModelConfig(name_or_path="tiny-llama"), tmp_path)
     with pytest.raises(UserError, match="no chat template"):
         local_responder(model, tok)
+
+
+def test_a_hosted_api_without_its_key_is_refused_before_any_request(monkeypatch):
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    cfg = EndpointConfig(base_url="https://api.openai.com/v1", model="gpt-4", api_key_env="NO_SUCH_KEY")
+    with pytest.raises(UserError, match="set the environment variable NO_SUCH_KEY"):
+        endpoint_responder(cfg)
