@@ -1,0 +1,146 @@
+"""The files FINE reads and writes.
+
+Questions, as the Fake-Alignment release has them (`safety.jsonl`, `dna_training_set.jsonl`): one JSON object per
+line with `id`, `category`, `question`, `Positive Option` (the safe answer) and `Negative Option` (the unsafe one).
+
+Saved responses, read by `score`: the question's fields plus either our replies or the official FINE output's
+results (AIFlames/Fake-Alignment `FINE.py` saves `id`, `question`, both options, `mul_result`, `open_response`,
+`open_result`, and no category):
+
+    mc_response_1, mc_response_2   the multiple-choice replies, safe option as A, then as B
+    open_response                  the open-ended answer
+    mul_result, open_result        the two results as booleans (used when the replies are absent or not re-judged)
+
+Every error names the file, the line (or record) and the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.errors import UserError
+from common.io import read_records
+
+ID, CATEGORY, QUESTION, POSITIVE, NEGATIVE = "id", "category", "question", "Positive Option", "Negative Option"
+FIELDS = (ID, CATEGORY, QUESTION, POSITIVE, NEGATIVE)
+MC_RESPONSES = ("mc_response_1", "mc_response_2")
+OPEN_RESPONSE, MUL_RESULT, OPEN_RESULT = "open_response", "mul_result", "open_result"
+JUDGE_RESPONSE = "judge_response"  # written by eval and score: the judge's reply, or a scorer's dimension and label
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    category: str
+    question: str
+    safe: str  # the release's Positive Option
+    unsafe: str  # the release's Negative Option
+
+    def record(self) -> dict[str, str]:
+        """The question in the release's field names."""
+        return {
+            ID: self.id,
+            CATEGORY: self.category,
+            QUESTION: self.question,
+            POSITIVE: self.safe,
+            NEGATIVE: self.unsafe,
+        }
+
+
+def _locations(path: Path, n: int) -> list[str]:
+    """Where each record of read_records(path) sits: `file:line` in JSON Lines, `file: record k` in a JSON array."""
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        return [f"{path}: record {k}" for k in range(1, n + 1)]
+    return [f"{path}:{i}" for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def _text(rec: dict, field: str, where: str, empty_ok: bool = False) -> str:
+    value = rec[field]
+    if field == ID and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # the release writes "1"; an integer id means the same question
+    if not isinstance(value, str):
+        raise UserError(f"{where}: field '{field}' must be a string, got {type(value).__name__}")
+    if not empty_ok and not value.strip():
+        raise UserError(f"{where}: field '{field}' is empty")
+    return value
+
+
+def _unique_ids(ids: list[str], locations: list[str]) -> None:
+    seen: dict[str, str] = {}
+    for qid, where in zip(ids, locations, strict=True):
+        if qid in seen:
+            raise UserError(f"{where}: field 'id' repeats id '{qid}' of {seen[qid]}")
+        seen[qid] = where
+
+
+def read_questions(path: str | Path) -> list[Question]:
+    """The release's questions, in file order (JSON Lines, or a JSON array of the same objects)."""
+    path = Path(path)
+    records = read_records(path, required=FIELDS)
+    where = _locations(path, len(records))
+    questions = [Question(*(_text(rec, f, loc) for f in FIELDS)) for rec, loc in zip(records, where, strict=True)]
+    _unique_ids([q.id for q in questions], where)
+    return questions
+
+
+@dataclass(frozen=True)
+class Saved:
+    """One record of a saved-responses file."""
+
+    question: Question
+    mc_responses: tuple[str, str] | None
+    mul_result: bool | None
+    open_response: str | None
+    open_result: bool | None
+
+
+def _flag(rec: dict, field: str, where: str) -> bool | None:
+    value = rec.get(field)
+    if value is not None and not isinstance(value, bool):
+        raise UserError(f"{where}: field '{field}' must be true or false, got {value!r}")
+    return value
+
+
+def _field(rec: dict, field: str, known: Question | None, where: str, hint: str = "") -> str:
+    if field in rec:
+        return _text(rec, field, where)
+    if known is not None:
+        return known.record()[field]
+    raise UserError(f"{where}: field '{field}' missing{hint}")
+
+
+def read_saved(path: str | Path, questions: dict[str, Question] | None = None, judged: bool = True) -> list[Saved]:
+    """Saved responses (ours or the official FINE output). A field a record lacks (the official output has no
+    `category`) is taken from `questions` by id. `judged`: the open-ended answers will be judged again, so
+    `open_response` is needed; otherwise the saved `open_result` is."""
+    path = Path(path)
+    records = read_records(path, required=(ID,))
+    where = _locations(path, len(records))
+    hint = " (the official FINE output has none: give the question file as data.questions)" if not questions else ""
+    out = []
+    for rec, loc in zip(records, where, strict=True):
+        qid = _text(rec, ID, loc)
+        known = (questions or {}).get(qid)
+        if questions is not None and known is None and CATEGORY not in rec:
+            raise UserError(f"{loc}: id '{qid}' is not in the question file and the record has no 'category'")
+        question = Question(qid, *(_field(rec, f, known, loc, hint) for f in FIELDS[1:]))
+        mc: tuple[str, str] | None = None
+        if any(f in rec for f in MC_RESPONSES):
+            for f in MC_RESPONSES:
+                if f not in rec:
+                    raise UserError(f"{loc}: field '{f}' missing (both multiple-choice replies are needed)")
+            mc = (_text(rec, MC_RESPONSES[0], loc, empty_ok=True), _text(rec, MC_RESPONSES[1], loc, empty_ok=True))
+        mul = _flag(rec, MUL_RESULT, loc)
+        if mc is None and mul is None:
+            raise UserError(f"{loc}: field '{MC_RESPONSES[0]}' missing (or a saved '{MUL_RESULT}')")
+        answer = _text(rec, OPEN_RESPONSE, loc, empty_ok=True) if OPEN_RESPONSE in rec else None
+        result = _flag(rec, OPEN_RESULT, loc)
+        if judged and answer is None:
+            raise UserError(f"{loc}: field '{OPEN_RESPONSE}' missing (needed to judge the open-ended answer)")
+        if not judged and result is None:
+            raise UserError(f"{loc}: field '{OPEN_RESULT}' missing (score.judge=false uses the saved results)")
+        out.append(Saved(question, mc, mul, answer, result))
+    _unique_ids([s.question.id for s in out], where)
+    return out

@@ -1,0 +1,40 @@
+"""The Flames scorer's settings: the released preset, the demo, checks made when composing, help per command."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.cli import command_help
+from common.config import compose
+from common.errors import UserError
+from methods.flames.__main__ import METHOD
+
+
+def test_released_preset():
+    cfg = compose("flames", "+experiment=flames/released")
+    t = cfg.trainer
+    assert (cfg.max_length, cfg.model.lora.r, t.mixed_precision, t.max_grad_norm) == (2048, 0, "fp16", 1.0)
+    assert cfg.model.name_or_path == "Qwen/Qwen2-7B-Instruct" and cfg.eval.batch_size == 16
+
+
+def test_demo_uses_a_tiny_offline_model():
+    assert compose("flames").model.name_or_path == "tiny-qwen2"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.val_fraction=0.75", "must leave at least 10% for training"),
+        ("max_length=4", "max_length=4: must be >= 8"),
+        ("score.inputs=[/no/such/dir]", "path does not exist"),
+    ],
+)
+def test_bad_settings_fail_when_composed(override, message):
+    with pytest.raises(UserError, match=message):
+        compose("flames", override)
+
+
+@pytest.mark.parametrize("command", list(METHOD.commands))
+def test_each_command_explains_itself(command):
+    text = command_help(METHOD, command, [])
+    assert METHOD.commands[command].help in text and "keys (value as composed now" in text
