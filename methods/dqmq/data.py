@@ -1,0 +1,231 @@
+"""Mixed-quality image data: a clean dataset (sklearn digits, CIFAR-10/100 from a local torchvision root, or an
+ImageFolder), and corrupted copies of it at severities 1-5 of Gaussian noise, Gaussian blur, JPEG and downsampling.
+
+Every sample carries its true quality level (`clean` or corruption x severity) for reporting only: the models see the
+pixels, never the tag. Corruptions use torchvision.transforms.v2 (gaussian_noise, gaussian_blur, jpeg, resize); their
+parameters are fixed per severity and the noise is drawn from a generator seeded per (seed, split, sample), so a
+dataset is the same on every run with the same seed. Corrupted images are rounded back to 8 bits, as saved images are.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from common.errors import UserError
+
+CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "jpeg", "downsample")
+# Our severity scales (the paper's are not known). Noise: ImageNet-C's sigmas on [0, 1] pixels. Blur: sigma in pixels.
+# JPEG: quality (ImageNet-C's, the mildest raised from 25). Downsampling: the factor of a down-then-up resize.
+SEVERITY = {
+    "gaussian_noise": (0.08, 0.12, 0.18, 0.26, 0.38),
+    "gaussian_blur": (0.5, 0.8, 1.1, 1.5, 2.0),
+    "jpeg": (30, 20, 15, 10, 7),
+    "downsample": (1.5, 2.0, 3.0, 4.0, 6.0),
+}
+SPLITS = {"train": 0, "test": 1}
+
+
+@dataclass(frozen=True)
+class Level:
+    corruption: str  # "clean" or one of CORRUPTIONS
+    severity: int = 0  # 1-5; 0 for clean
+
+    @property
+    def name(self) -> str:
+        return self.corruption if self.corruption == "clean" else f"{self.corruption}-{self.severity}"
+
+
+def quality_levels(corruptions: list[str], severities: list[int]) -> list[Level]:
+    """Clean first, then every corruption at every severity: the index of a level in this list is its tag."""
+    return [Level("clean")] + [Level(c, s) for c in corruptions for s in sorted(severities)]
+
+
+def sample_seed(seed: int, split: str, index: int) -> int:
+    return int(np.random.SeedSequence([seed, SPLITS[split], index]).generate_state(1)[0])
+
+
+def corrupt(image: torch.Tensor, level: Level, seed: int) -> torch.Tensor:
+    """A uint8 [C, H, W] image at `level`; the noise (the only random corruption) is drawn with `seed`."""
+    if level.corruption == "clean":
+        return image
+    p = SEVERITY[level.corruption][level.severity - 1]
+    side = image.shape[-1]
+    if level.corruption == "gaussian_noise":
+        with torch.random.fork_rng(devices=[]):  # v2's noise draws from the global generator: seed it locally
+            torch.manual_seed(seed)
+            noisy = TF.gaussian_noise(TF.to_dtype(image, torch.float32, scale=True), sigma=p, clip=True)
+        return TF.to_dtype(noisy, torch.uint8, scale=True)
+    if level.corruption == "gaussian_blur":
+        k = min(2 * math.ceil(3 * p) + 1, side - 1 + side % 2)
+        return TF.gaussian_blur(image, [k, k], [p, p])
+    if level.corruption == "jpeg":
+        return TF.jpeg(image, int(p))
+    small = max(2, round(side / p))
+    size = list(image.shape[-2:])
+    return TF.resize(TF.resize(image, [small, small], antialias=True), size, antialias=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Clean datasets, as uint8 tensors [N, C, S, S]
+
+
+@dataclass
+class Images:
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    return x if x.shape[-1] == size and x.shape[-2] == size else TF.resize(x, [size, size], antialias=True)
+
+
+def _digits(image_size: int, test_fraction: float, seed: int) -> Images:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = torch.from_numpy(np.round(d.images / 16 * 255)).to(torch.uint8)[:, None]
+    y = torch.from_numpy(d.target).long()
+    tr, te = train_test_split(np.arange(len(y)), test_size=test_fraction, stratify=d.target, random_state=seed)
+    x = _resize(x, image_size)
+    return Images(x[tr], y[tr], x[te], y[te], [str(c) for c in d.target_names])
+
+
+def _cifar(name: str, root: Path, image_size: int, download: bool) -> Images:
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    try:
+        train, test = (cls(str(root), train=t, download=download) for t in (True, False))
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
+        raise UserError(
+            f"data.root={root}: {name} not found ({e}); put the torchvision CIFAR folder there or set "
+            "data.download=true where the internet is reachable"
+        ) from None
+
+    def tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
+        return _resize(torch.from_numpy(ds.data).permute(0, 3, 1, 2), image_size), torch.tensor(ds.targets)
+
+    return Images(*tensors(train), *tensors(test), list(train.classes))
+
+
+def _read_folder(folder: Path, image_size: int, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of an ImageFolder split at image_size (RGB); unreadable files are skipped and listed, not fatal."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.io import ImageReadMode, decode_image
+
+    ds = ImageFolder(str(folder), loader=lambda p: p)
+    if ds.classes != classes:
+        raise UserError(f"{folder}: class folders {ds.classes} differ from the training split's {classes}")
+    images, labels, bad = [], [], []
+    for path, label in ds.samples:
+        try:
+            images.append(_resize(decode_image(path, mode=ImageReadMode.RGB), image_size))
+            labels.append(label)
+        except (RuntimeError, ValueError) as e:
+            bad.append(f"{path} ({str(e).splitlines()[0][:80]})")
+    if bad:
+        warnings.warn(f"{folder}: skipped {len(bad)} unreadable image(s): {'; '.join(bad[:5])}", stacklevel=2)
+    if not images:
+        raise UserError(f"{folder}: no readable images")
+    return torch.stack(images), torch.tensor(labels)
+
+
+def _image_folder(root: Path, image_size: int) -> Images:
+    from torchvision.datasets import ImageFolder
+
+    test_dir = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
+    if not (root / "train").is_dir() or test_dir is None:
+        raise UserError(f"data.root={root}: an ImageFolder needs train/ and val/ (or test/) with one folder per class")
+    classes = ImageFolder(str(root / "train"), loader=lambda p: p).classes
+    return Images(
+        *_read_folder(root / "train", image_size, classes), *_read_folder(test_dir, image_size, classes), classes
+    )
+
+
+def _subset(x: torch.Tensor, y: torch.Tensor, limit: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if limit is None or limit >= len(y):
+        return x, y
+    keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:limit]
+    return x[keep], y[keep]
+
+
+def load_images(cfg, data_dir: str, seed: int) -> Images:
+    """The clean train and test images of `cfg` (the `data` section) as uint8 tensors."""
+    if cfg.dataset == "digits":
+        images = _digits(cfg.image_size, cfg.test_fraction, seed)
+    elif cfg.dataset in ("cifar10", "cifar100"):
+        images = _cifar(cfg.dataset, Path(cfg.root or Path(data_dir) / cfg.dataset), cfg.image_size, cfg.download)
+    else:
+        images = _image_folder(Path(cfg.root), cfg.image_size)
+    images.train_x, images.train_y = _subset(images.train_x, images.train_y, cfg.max_train, seed)
+    images.test_x, images.test_y = _subset(images.test_x, images.test_y, cfg.max_test, seed + 1)
+    return images
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Mixed-quality sets
+
+
+class MixedQuality(torch.utils.data.Dataset):
+    """`copies` draws of every image, each at a quality level drawn with `weights`: (uint8 [C, H, W], label, level
+    index). Corrupted on access, deterministically (per-sample seeds)."""
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        levels: list[Level],
+        weights: list[float],
+        copies: int,
+        seed: int,
+        split: str = "train",
+    ):
+        self.x, self.y, self.levels, self.seed, self.split = x, y, levels, seed, split
+        rng = np.random.default_rng([seed, SPLITS[split]])
+        self.level_of = torch.from_numpy(rng.choice(len(levels), size=copies * len(y), p=np.asarray(weights)))
+
+    def __len__(self) -> int:
+        return len(self.level_of)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        j, level = i % len(self.y), int(self.level_of[i])
+        return corrupt(self.x[j], self.levels[level], sample_seed(self.seed, self.split, i)), int(self.y[j]), level
+
+
+def mixture_weights(levels: list[Level], clean_fraction: float) -> list[float]:
+    """Clean with `clean_fraction`, the rest spread evenly over the corrupted levels."""
+    rest = len(levels) - 1
+    if rest == 0:
+        return [1.0]
+    return [clean_fraction] + [(1 - clean_fraction) / rest] * rest
+
+
+def at_level(x: torch.Tensor, level: Level, seed: int, split: str = "test") -> torch.Tensor:
+    """Every image of x (uint8 [N, C, H, W]) at one quality level, as floats in [0, 1]."""
+    out = torch.stack([corrupt(img, level, sample_seed(seed, split, i)) for i, img in enumerate(x)])
+    return TF.to_dtype(out, torch.float32, scale=True)
+
+
+def collate(items: list[tuple[torch.Tensor, int, int]], augment: bool = False) -> dict[str, torch.Tensor]:
+    """A batch {x: float [N, C, H, W] in [0, 1], y, level}; `augment`: the usual CIFAR random crop (4-px zero padding)
+    and horizontal flip, after the corruption."""
+    xs, ys, levels = zip(*items, strict=True)
+    x = TF.to_dtype(torch.stack(xs), torch.float32, scale=True)
+    if augment:
+        side = x.shape[-1]
+        padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+        dx, dy = torch.randint(0, 9, (2, len(x))).tolist()
+        x = torch.stack([p[:, i : i + side, j : j + side] for p, i, j in zip(padded, dy, dx, strict=True)])
+        x = torch.where(torch.rand(len(x), 1, 1, 1) < 0.5, x.flip(-1), x)
+    return {"x": x, "y": torch.tensor(ys), "level": torch.tensor(levels)}
