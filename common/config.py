@@ -67,6 +67,8 @@ class TrainerConfig:
     lr: float = opt(1e-4, "peak learning rate", gt=0)
     weight_decay: float = opt(0.0, "weight decay (not on biases and norms)", ge=0)
     optimizer: str = opt("adamw", "optimizer", choices=("adamw", "adam", "sgd"))
+    momentum: float = opt(0.0, "sgd: momentum", ge=0, lt=1)
+    nesterov: bool = opt(False, "sgd: Nesterov momentum (needs momentum > 0)")
     scheduler: str = opt("linear", "any transformers.get_scheduler name")
     scheduler_kwargs: Dict[str, Any] = opt({}, "extra arguments of the scheduler (e.g. min_lr_rate)")
     warmup_steps: int = opt(0, "linear warm-up steps", ge=0)
@@ -96,6 +98,8 @@ class TrainerConfig:
     def check(self) -> None:
         from transformers import SchedulerType
 
+        if self.nesterov and not (self.optimizer == "sgd" and self.momentum > 0):
+            raise UserError("config: trainer.nesterov=true needs trainer.optimizer=sgd and trainer.momentum > 0")
         valid = [s.value for s in SchedulerType]
         if self.scheduler not in valid:
             raise UserError(f"config: trainer.scheduler='{self.scheduler}': not one of {', '.join(valid)}")

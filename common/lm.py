@@ -95,6 +95,11 @@ def generate_greedy(
     prompts are grouped by length so little compute goes to padding.
     """
     device = next(model.parameters()).device
+    # Chat models often end a turn with a token other than the tokenizer's EOS (Llama-3's <|eot_id|>, InternLM2's
+    # <|im_end|>); their generation config lists every end token.
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ends = [tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])]
+    ends = list(dict.fromkeys(e for e in ends if e is not None))
     encoded = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out: list[str] = [""] * len(prompts)
@@ -115,7 +120,7 @@ def generate_greedy(
             do_sample=False,
             num_beams=1,
             pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=ends,
             temperature=None,
             top_p=None,
             top_k=None,

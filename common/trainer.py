@@ -98,6 +98,8 @@ def _optimizer(params_with_names: list[tuple[str, torch.nn.Parameter]], cfg: Tra
     if cfg.optimizer == "adam":
         # torch.optim.Adam applies L2 (not decoupled) weight decay, as the official M4 code relies on.
         return torch.optim.Adam(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     return kinds[cfg.optimizer](groups, lr=cfg.lr)
 
 

@@ -87,6 +87,7 @@ def test_yaml_holds_only_choices_that_differ_from_the_schema(method):
         "trainer.lr=-1",
         "trainer.grad_accum=0",
         "trainer.optimizer=lion",
+        "trainer.nesterov=true",
         "num_shards=0",
         "shard=3",
         "+nope=1",

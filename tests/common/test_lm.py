@@ -115,3 +115,17 @@ def test_batched_greedy_equals_one_at_a_time(tiny):
     single = [generate_greedy(model, tok, [p], max_new_tokens=12, batch_size=1)[0] for p in prompts]
     assert batched == single
     assert any(batched)  # a random tiny model still emits some text
+
+
+def test_greedy_stops_at_every_end_token_the_generation_config_lists(tiny):
+    model, tok = tiny
+    prompt = ["[INST] Where was Ada born? [/INST]"]
+    free = generate_greedy(model, tok, prompt, max_new_tokens=12, add_special_tokens=True)[0]
+    first = tok(free, add_special_tokens=False)["input_ids"][0]  # the first token it writes
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [tok.eos_token_id, first]  # as a chat model's turn-end token
+    try:
+        stopped = generate_greedy(model, tok, prompt, max_new_tokens=12, add_special_tokens=True)[0]
+    finally:
+        model.generation_config.eos_token_id = saved
+    assert free and stopped == tok.decode([first], skip_special_tokens=True).strip()
