@@ -1,0 +1,97 @@
+"""The domains: the offline ones, ImageFolder roots and what is wrong with them, in one line each."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from common.config import compose
+from common.errors import UserError
+from methods.medmfg.data import offline_source, offline_target
+
+SMALL = [  # episodes small enough for a 2-class folder of 3 images per class
+    "eval.ways=2",
+    "eval.shots=[1]",
+    "eval.queries=2",
+    "generator.ways=2",
+    "generator.max_shot=1",
+    "generator.queries=2",
+    "tsne.ways=2",
+]
+
+
+def image_folder(root, counts: dict[str, int], size: int = 20):
+    rng = np.random.default_rng(0)
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def test_offline_domains():
+    source, target = offline_source(), offline_target()
+    assert len(source.classes) == 32 and min(source.counts().values()) >= 63
+    assert target.classes == [
+        "retina_vessels",
+        "retina_background",
+        "ihc_dab",
+        "ihc_hematoxylin",
+        "cell",
+        "microaneurysms",
+    ]
+    assert min(target.counts().values()) >= 5 + 15  # every class serves 5-shot episodes with 15 queries
+    image = target.image(0)
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+
+
+def test_missing_and_empty_folders(tmp_path):
+    with pytest.raises(UserError, match="neither one of offline nor an existing path"):
+        compose("medmfg", f"data.target={tmp_path / 'nowhere'}")
+    with pytest.raises(UserError, match=r"no class folders"):
+        compose("medmfg", f"data.target={tmp_path}")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with pytest.raises(UserError, match=r"no images in its 2 class folders"):
+        compose("medmfg", f"data.target={tmp_path}")
+
+
+def test_a_class_with_too_few_images_is_named_with_its_count(tmp_path):
+    root = image_folder(tmp_path / "isic", {"melanoma": 25, "nevus": 25, "keratosis": 7, "other": 30})
+    with pytest.raises(UserError, match=re.escape("class 'keratosis' has 7 images, fewer than K+Q=20")):
+        compose("medmfg", f"data.target={root}", "eval.ways=4")
+
+
+def test_more_ways_than_classes_is_a_config_error(tmp_path):
+    with pytest.raises(UserError, match=re.escape("config: eval.shots=5 + eval.queries: 7-way episodes, but offline")):
+        compose("medmfg", "eval.ways=7")
+    with pytest.raises(UserError, match="33-way episodes, but offline source has 32 classes"):
+        compose("medmfg", "generator.ways=33")
+    with pytest.raises(UserError, match="class 'microaneurysms' has 36 images, fewer than K\\+Q=65"):
+        compose("medmfg", "eval.shots=[1,50]")
+
+
+def test_image_folders_end_to_end_and_an_unreadable_image(tmp_path):
+    """Both domains from folders: features of every file, in class order; a broken file is named."""
+    from methods.medmfg.backbone import cached_features
+
+    source = image_folder(tmp_path / "source", {"a": 3, "b": 3, "c": 3})
+    target = image_folder(tmp_path / "target", {"x": 3, "y": 4}, size=28)
+    args = [f"data.source={source}", f"data.target={target}", "backbone.pretrain=false", "data.image_size=16"]
+    cfg = compose("medmfg", *args, f"cache_dir={tmp_path / 'cache'}", *SMALL)
+    features = cached_features(cfg)
+    assert features.source.shape == (9, 64) and features.target.shape == (7, 64)
+    assert features.target_classes == ["x", "y"] and features.target_labels.tolist() == [0] * 3 + [1] * 4
+    assert torch.isfinite(features.target).all()
+
+    (target / "y" / "4.png").write_bytes(b"not a png")
+    cfg = compose("medmfg", *args, f"cache_dir={tmp_path / 'cache2'}", *SMALL)
+    with pytest.raises(UserError, match=re.escape(f"{target / 'y' / '4.png'}: cannot read image")):
+        cached_features(cfg)
+    written = (tmp_path / "cache2" / "medmfg" / "features").glob("*")
+    assert not [p for p in written if not p.name.startswith(".")]  # no stage output (a lock file may stay)
