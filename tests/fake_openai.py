@@ -16,9 +16,11 @@ class FakeEndpoint:
         ok: int = 10**9,
         fail: int = 503,
         headers: dict[str, str] | None = None,
+        port: int = 0,
     ):
         """`reply`: the text of every completion, or a function of the request body. Requests after the first `ok`
-        get HTTP `fail` with `headers` (e.g. {"retry-after-ms": "10"})."""
+        get HTTP `fail` with `headers` (e.g. {"retry-after-ms": "10"}). `port`: the port of a server that went down,
+        to bring it back at the same address."""
         self.ok, self.bodies, self.auth = ok, [], []
         lock = threading.Lock()
         outer = self
@@ -58,9 +60,13 @@ class FakeEndpoint:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
 
     @property
     def requests(self) -> int:

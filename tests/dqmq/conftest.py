@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO, one_cpu_thread, run_method  # noqa: F401 - one_cpu_thread: autouse fixture
+
 CANDIDATES = [2, 4, 8]
 
 
-def run_cli(*args: str, timeout: int = 300, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "methods.dqmq", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+def run_cli(*args: str, timeout: int = 600, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return run_method("dqmq", *args, cwd=cwd, timeout=timeout)
 
 
 def tiny_model(method: str = "dqmq", candidates: list[int] | None = None, seed: int = 0):
@@ -46,12 +41,3 @@ def tiny_model(method: str = "dqmq", candidates: list[int] | None = None, seed: 
         model.policy.fit_features(x)
         torch.nn.init.normal_(model.policy.head.weight, std=2.0)  # an untrained policy whose choices vary by input
     return model.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    """Tiny convolutions: one intra-op thread is faster than two (restored afterwards for other suites)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -3,16 +3,13 @@ tiny ESC-Role and ESC-RANK trained on it for two steps."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from common.config import compose
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO, one_cpu_thread, run_method  # noqa: F401 - one_cpu_thread: autouse fixture
 
 # Smaller than the demo in every direction; the models train for two steps: these tests check plumbing, not quality.
 SMALL = (
@@ -31,18 +28,6 @@ SMALL = (
     "esc.max_new_tokens=6",
     "logger.kind=none",
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    """Tiny models: two intra-op threads spend more time synchronising than computing on a shared 2-core machine
-    (as conf/esc_eval.yaml's cpu_threads=1 does for the CLI); restored after each module."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -79,8 +64,4 @@ def tokenizer(small):
 
 
 def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "methods.esc_eval", *args], cwd=cwd, env=env, capture_output=True, text=True,
-        timeout=timeout,
-    )  # fmt: skip
+    return run_method("esc_eval", *args, cwd=cwd, timeout=timeout)

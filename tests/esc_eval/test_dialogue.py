@@ -4,8 +4,6 @@ OpenAI-compatible endpoint fails mid-run (a local fake server)."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from common.items import ItemsFailed
 from methods.esc_eval import commands
 from methods.esc_eval.dialogue import Protocol, run_dialogues, talk
 from methods.esc_eval.formats import AI, ROLE, Card, load_dialogues, load_scores
+from tests.fake_openai import FakeEndpoint
 
 OPENING = {"english": "Hello, tell me anything.", "chinese": "你好，有什么烦恼都可以说。"}
 SYSTEM = {"english": "Play:'{card}'", "chinese": "扮演：{card}"}
@@ -77,66 +76,18 @@ def test_a_failing_card_fails_alone_and_a_rerun_resumes(tmp_path):
     assert (tmp_path / "2.json").read_text(encoding="utf-8") == saved
 
 
-class FakeOpenAI(BaseHTTPRequestHandler):
-    """/v1/chat/completions answering `fail_after` requests, then HTTP 500; records requests and keys."""
-
-    fail_after: int | None = None
-    served: list[dict] = []
-    keys: set[str] = set()
-    lock = threading.Lock()
-
-    def do_POST(self):  # noqa: N802 - http.server's name
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with self.lock:
-            type(self).keys.add(self.headers.get("Authorization", ""))
-            ok = self.fail_after is None or len(self.served) < self.fail_after
-            if ok:
-                self.served.append(body)
-        if ok:
-            reply = {
-                "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": "I hear you. Tell me more."}}],
-            }  # fmt: skip
-            self._send(200, reply)
-        else:
-            self._send(500, {"error": {"message": "the server is down", "type": "server_error"}})
-
-    def _send(self, status: int, obj: dict) -> None:
-        data = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def test_endpoint_failing_mid_run_keeps_finished_dialogues_and_resumes(trained, small, server, tmp_path, monkeypatch):
+def test_endpoint_failing_mid_run_keeps_finished_dialogues_and_resumes(trained, small, tmp_path, monkeypatch):
     monkeypatch.setenv("ESC_TEST_KEY", "sk-test-SECRET-0042")
-    port = server.server_address[1]
+    server = FakeEndpoint("I hear you. Tell me more.", ok=4, fail=500)  # 2 cards x 2 rounds, then down
     cfg = small(
-        "evaluate", "esc.kind=endpoint", "esc.name=fake", f"esc.endpoint.base_url=http://127.0.0.1:{port}/v1",
+        "evaluate", "esc.kind=endpoint", "esc.name=fake", f"esc.endpoint.base_url={server.url}",
         "esc.endpoint.model=fake-model", "esc.endpoint.max_retries=0", "esc.endpoint.api_key_env=ESC_TEST_KEY",
         "rank.dimensions=[fluency,overall]",
     )  # fmt: skip
-    FakeOpenAI.fail_after, FakeOpenAI.served, FakeOpenAI.keys = 4, [], set()  # 2 cards x 2 rounds, then down
     first = tmp_path / "first"
-    with pytest.raises(ItemsFailed, match="dialogues: 2 of 4 items failed: card 90038 .*HTTP 500") as e:
+    with server, pytest.raises(ItemsFailed, match="dialogues: 2 of 4 items failed: card 90038 .*HTTP 500") as e:
         commands.evaluate(cfg, first)
-    assert FakeOpenAI.keys == {"Bearer sk-test-SECRET-0042"}  # read from the environment
+    assert set(server.auth) == {"Bearer sk-test-SECRET-0042"}  # read from the environment
     assert e.value.metrics["eval/fake/dialogues"] == 2.0 and e.value.metrics["dialogues/failed"] == 2.0
     written = load_dialogues(first / "dialogues" / "fake_en.json")
     assert list(written) == ["0", "1"] and all(len(d) == 5 for d in written.values())
@@ -145,10 +96,10 @@ def test_endpoint_failing_mid_run_keeps_finished_dialogues_and_resumes(trained, 
     summary = json.loads((first / "dialogues_summary.json").read_text())
     assert [o["status"] for o in summary] == ["done", "done", "failed", "failed"]
 
-    FakeOpenAI.fail_after, FakeOpenAI.served = None, []  # the server is back
     second = tmp_path / "second"
-    metrics = commands.evaluate(cfg, second)
-    assert len(FakeOpenAI.served) == 4  # only the two missing cards were played
+    with FakeEndpoint("I hear you. Tell me more.", port=server.port) as back:  # the server is back
+        metrics = commands.evaluate(cfg, second)
+    assert back.requests == 4  # only the two missing cards were played
     assert metrics["dialogues/skipped"] == 2.0 and metrics["dialogues/done"] == 2.0
     assert metrics["eval/fake/dialogues"] == 4.0
     again = load_dialogues(second / "dialogues" / "fake_en.json")

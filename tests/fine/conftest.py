@@ -3,17 +3,12 @@ under test and as the judge), and the overrides that point a run at it."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
-
-import pytest
 
 from methods.fine import synthetic
 from methods.fine.formats import Question
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO, one_cpu_thread, run_method  # noqa: F401 - one_cpu_thread: autouse fixture
 
 
 def scripted(questions: list[Question]):
@@ -46,24 +41,5 @@ def endpoints(cache_dir: Path, subject_url: str, judge_url: str) -> list[str]:
     return out
 
 
-def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "methods.fine", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    """Tiny models: two threads on a busy machine spend their time synchronising (restored after each module)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def run_cli(*args: str, timeout: int = 600, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return run_method("fine", *args, cwd=cwd, timeout=timeout)

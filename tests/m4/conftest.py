@@ -3,9 +3,7 @@ helpers to tile in process and run the CLI."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -13,8 +11,7 @@ import numpy as np
 import pytest
 
 from methods.m4.config import ExtractConfig, TileConfig
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO, cli_env, one_cpu_thread, run_method  # noqa: F401 - one_cpu_thread: autouse fixture, cli_env: used by test_extract
 
 # Small enough for a 2-core CPU: a 512 x 768 slide at 0.5 mpp holds 6 grid cells of 256 px.
 HEIGHT, WIDTH = 512, 768
@@ -26,19 +23,8 @@ FAST = ExtractConfig(
 )
 
 
-def cli_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-
-
 def run_cli(*args: str, timeout: int = 600, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "methods.m4", *args],
-        cwd=cwd,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_method("m4", *args, cwd=cwd, timeout=timeout)
 
 
 def small_real_run(slides_dir: Path, work_dir: Path) -> list[str]:
@@ -61,18 +47,6 @@ def tile_into(slides: list[Path], patches_dir: Path, **params) -> dict[str, np.n
         result = tile_to_file(path, patches_dir / f"{slide_id_of(path)}.h5", TileConfig(**params))
         out[result.slide_id] = result.coords
     return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    """Bags here hold a few dozen patches: with 2 intra-op threads such tiny ops spend more time synchronising than
-    computing, so the M4 tests run on one (restored after each module, so other suites keep their setting)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
