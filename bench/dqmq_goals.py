@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from common.bench import spread
 from common.checkpoint import load_module
 from common.config import as_dict, compose
 from common.loggers import NullLogger
@@ -45,11 +46,6 @@ from methods.dqmq.policy import hybrid_loss
 def load() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores, {torch.get_num_threads()} thread(s)"
-
-
-def spread(values: list[float], unit: str = "x", digits: int = 2) -> str:
-    low, mid, high = (f"{v:.{digits}f}" for v in (min(values), statistics.median(values), max(values)))
-    return f"median {mid}{unit} (min {low}, max {high})"
 
 
 def verdict(ok: bool) -> str:

@@ -15,12 +15,12 @@ Usage: python bench/esc_eval_batching.py [--dialogues 32] [--cards 16] [--repeat
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
 import torch
 
+from common.bench import load, spread
 from common.chat import local_responder
 from common.config import compose
 from methods.esc_eval import pipeline, rank
@@ -28,16 +28,6 @@ from methods.esc_eval.dialogue import Protocol, talk
 from methods.esc_eval.sft import render
 
 GOAL = 5.0
-
-
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
-
-
-def spread(values: list[float], unit: str = "x", digits: int = 2) -> str:
-    low, mid, high = (f"{v:.{digits}f}" for v in (min(values), statistics.median(values), max(values)))
-    return f"median {mid}{unit} (min {low}, max {high})"
 
 
 def timed(fn):

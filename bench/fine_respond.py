@@ -13,13 +13,13 @@ Usage: python bench/fine_respond.py [--questions-per-category 4] [--batch-size 1
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
 
 import torch
 
+from common.bench import load
 from common.chat import local_responder
 from common.config import ModelConfig
 from common.models import load_model
@@ -27,11 +27,6 @@ from methods.fine import synthetic
 from methods.fine.fine import conversation, mc_prompts
 
 GOAL = 3.0
-
-
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
 
 
 def main() -> None:

@@ -16,22 +16,17 @@ Usage: python bench/m4_experts.py [--instances 5000] [--repeats 7] [--threads 1 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
+from common.bench import load, spread
 from methods.m4.model import M4, m4, transfer_experts
 from methods.m4.train import bce_loss
 
 GOALS = {1: 1.0, 2: 1.3}  # threads -> goal of the median ratio one-after-another / default
-
-
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
 
 
 def step_seconds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -48,11 +43,6 @@ def fc_floor_seconds(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) 
     start = time.perf_counter()
     F.linear(x, w, b).sum().backward()
     return time.perf_counter() - start
-
-
-def spread(values: list[float], unit: str = "x", digits: int = 2) -> str:
-    low, mid, high = (f"{v:.{digits}f}" for v in (min(values), statistics.median(values), max(values)))
-    return f"median {mid}{unit} (min {low}, max {high})"
 
 
 def compare(default: M4, sequential: M4, x: torch.Tensor, y: torch.Tensor, repeats: int) -> list[float]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import statistics
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.bench import load, spread
 from common.config import compose
 from methods.m4 import data as m4data
 from methods.m4.extract import output_paths
@@ -33,16 +33,6 @@ from methods.m4.model import model_kwargs
 from methods.m4.train import ModelRun, fit_model
 
 GOAL = 0.55  # one M4 run for all genes, as a fraction of the single-task runs' wall time
-
-
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
-
-
-def spread(values: list[float], unit: str, digits: int = 2) -> str:
-    low, mid, high = (f"{v:.{digits}f}" for v in (min(values), statistics.median(values), max(values)))
-    return f"median {mid}{unit} (min {low}, max {high})"
 
 
 def main() -> None:

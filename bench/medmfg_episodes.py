@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import statistics
 import time
 
 import torch
 
 import methods.medmfg.__main__  # noqa: F401 - registers the methods
+from common.bench import load, spread
 from common.config import compose
 from methods.medmfg.backbone import cached_features
 from methods.medmfg.baselines import evaluate, make_context
@@ -39,16 +38,6 @@ from methods.medmfg.generator import tukey, within_class_variance
 
 FREE_LUNCH = 750
 TABLE = ["protonet", "logreg", "tukey", "dc", "medmfg", "protonet+medmfg", "logreg+medmfg", "dc+medmfg"]
-
-
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
-
-
-def spread(values: list[float], unit: str = "x", digits: int = 2) -> str:
-    low, mid, high = (f"{v:.{digits}f}" for v in (min(values), statistics.median(values), max(values)))
-    return f"median {mid}{unit} (min {low}, max {high})"
 
 
 def interval(scores) -> tuple[float, float]:

@@ -19,7 +19,6 @@ Usage: python bench/textclf_batching.py [--records 256] [--repeats 5] [--batch-s
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import tempfile
@@ -27,6 +26,7 @@ import time
 
 import torch
 
+from common.bench import load, spread
 from common.config import ModelConfig
 from common.models import load_model
 from common.textclf import classify, encode, pad
@@ -35,16 +35,6 @@ from methods.guardrank.synthetic import make_records
 
 GOAL = 5.0
 MAX_LENGTH = 512
-
-
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
-
-
-def spread(values: list[float], unit: str = "x", digits: int = 2) -> str:
-    low, mid, high = (f"{v:.{digits}f}" for v in (min(values), statistics.median(values), max(values)))
-    return f"median {mid}{unit} (min {low}, max {high})"
 
 
 def texts(n: int, seed: int = 0) -> list[str]:
