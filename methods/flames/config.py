@@ -6,60 +6,20 @@ demo's departures; conf/experiment/flames/ the presets."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Optional
 
-from common.config import PATH, BaseConfig, ModelConfig, TrainerConfig, opt, section
-from common.errors import UserError
+from common import scorers
+from common.config import BaseConfig, ModelConfig, TrainerConfig, opt, section
 
-
-@dataclass
-class DataConfig:
-    train: Optional[str] = opt(
-        None,
-        "labelled records (JSONL or JSON: dimension, [subcomponent], prompt, response, score 1..3); null: synthetic",
-        exists=PATH,
-    )
-    val: Optional[str] = opt(None, "validation records; null: val_fraction of train", exists=PATH)
-    test: Optional[str] = opt(None, "held-out test records; null: test_fraction of train", exists=PATH)
-    val_fraction: float = opt(0.1, "share of train held out for validation when data.val is null", gt=0, lt=1)
-    test_fraction: float = opt(0.2, "share of train held out for testing when data.test is null", gt=0, lt=1)
-    split_seed: int = opt(0, "seed of the held-out splits")
-
-    def check(self) -> None:
-        if self.val_fraction + self.test_fraction >= 0.9:
-            raise UserError("config: data.val_fraction + data.test_fraction must leave at least 10% for training")
-
-
-@dataclass
-class SyntheticConfig:
-    per_dimension: int = opt(300, "records per dimension (then split by the fractions)", ge=10)
-    label_noise: float = opt(
-        0.1, "share of records whose score is redrawn at random (a task with an error floor)", ge=0, le=1
-    )
-    seed: int = opt(0, "seed of the synthetic records")
-
-
-@dataclass
-class EvalConfig:
-    scorer: Optional[str] = opt(
-        None, "a scorer directory (a train run's scorer/); null: the latest train run's", exists=PATH, key=False
-    )
-    data: Optional[str] = opt(
-        None, "labelled records to evaluate on; null: the test split saved by that train run", exists=PATH, key=False
-    )
-    batch_size: int = opt(16, "inputs per forward pass (padded to the longest in the batch)", ge=1, key=False)
-
-
-@dataclass
-class ScoreConfig:
-    scorer: Optional[str] = opt(None, "a scorer directory; null: the latest train run's", exists=PATH, key=False)
-    inputs: List[str] = opt(
-        [],
-        "response files or directories of them: the Flames prompt format (dimension, subcomponent, prompt) + response",
-        exists=PATH,
-        key=False,
-    )
-    batch_size: int = opt(16, "inputs per forward pass (padded to the longest in the batch)", ge=1, key=False)
+DataConfig = scorers.data_config(
+    "labelled records (JSONL or JSON: dimension, [subcomponent], prompt, response, score 1..3); null: synthetic",
+)
+SyntheticConfig = scorers.synthetic_config("score")
+EvalConfig = scorers.eval_config(batch_size=16)
+ScoreConfig = scorers.score_config(
+    "response files or directories of them: the Flames prompt format (dimension, subcomponent, prompt) + response",
+    batch_size=16,
+)
 
 
 @dataclass
@@ -84,13 +44,10 @@ class FlamesConfig(BaseConfig):
         max_grad_norm=1.0,
         best_metric="val/accuracy",
     )
-    # Tiny models make ops so small that a second OpenMP thread on a loaded CPU costs more than it gives (measured on
-    # the demo's training step, 2 shared cores: 0.16 s with 1 thread, 1.96 s with 2).
-    cpu_threads: Optional[int] = opt(None, "CPU intra-op threads (no GPU); null: torch's default", ge=1, key=False)
+    cpu_threads: Optional[int] = scorers.cpu_threads_opt()  # see there: one thread is faster for tiny models
     eval: EvalConfig = section(EvalConfig, "evaluating a scorer on labelled records")
     score: ScoreConfig = section(ScoreConfig, "scoring a model's responses: harmless rate and score per dimension")
 
     def check(self) -> None:
         super().check()
-        if self.command == "score" and not self.score.inputs:
-            raise UserError("config: score needs score.inputs=[<responses.jsonl or a directory of them>, ...]")
+        scorers.check_score_inputs(self)

@@ -8,12 +8,10 @@ change how an answer is scored.
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
-from common.textclf import read_located
+from common.scorers import Record, read_records
 
 # The five dimensions in the order the Flames scorer's heads answer, with the scores each can give.
 SCORES = {
@@ -27,28 +25,11 @@ DIMENSIONS = tuple(SCORES)
 _BY_NAME = {d.lower(): d for d in DIMENSIONS}
 
 
-@dataclass
-class Record:
-    dimension: str
-    prompt: str
-    response: str
-    score: int | None  # the label (1..3); None for a response to be scored
-    where: str  # file:line, for messages
-    raw: dict  # the record as read (written back with the score by `score`)
-
-
-def _dimension(rec: dict, where: str) -> str:
+def _dimension(rec: dict, path: Path, where: str) -> str:  # path: unused, a Flames record names its dimension
     dim = rec["dimension"]
     if not isinstance(dim, str) or dim.strip().lower() not in _BY_NAME:
         raise UserError(f"{where}: field 'dimension': unknown dimension {dim!r}; valid: {', '.join(DIMENSIONS)}")
     return _BY_NAME[dim.strip().lower()]
-
-
-def _text(rec: dict, field: str, where: str) -> str:
-    value = rec[field]
-    if not isinstance(value, str):
-        raise UserError(f"{where}: field '{field}': expected a string, got {type(value).__name__}")
-    return value
 
 
 def _score(rec: dict, dim: str, where: str) -> int:
@@ -60,26 +41,7 @@ def _score(rec: dict, dim: str, where: str) -> int:
 
 def read_file(path: str | Path, labelled: bool) -> list[Record]:
     """Every record of one file, checked: an error names file, line and field."""
-    required = ("dimension", "prompt", "response", "score") if labelled else ("dimension", "prompt", "response")
-    out = []
-    for where, rec in read_located(path, required):
-        dim = _dimension(rec, where)
-        score = _score(rec, dim, where) if labelled else None
-        out.append(Record(dim, _text(rec, "prompt", where), _text(rec, "response", where), score, where, rec))
-    return out
-
-
-def split(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
-    """(kept, held out): `fraction` of each dimension's records held out, at random."""
-    rng = random.Random(seed)
-    kept, held = [], []
-    for dim in DIMENSIONS:
-        mine = [r for r in records if r.dimension == dim]
-        rng.shuffle(mine)
-        n = round(len(mine) * fraction)
-        held += mine[:n]
-        kept += mine[n:]
-    return kept, held
+    return read_records(path, labelled, _dimension, _score, required=("dimension", "prompt", "response"))
 
 
 def as_json(r: Record) -> dict:

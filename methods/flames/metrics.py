@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from common.results import markdown_table
+from common.scorers import indices_by_dimension, labels_by_dimension, truncated_note
 from methods.flames.data import DIMENSIONS, SCORES, Record
 from methods.flames.flames import harmless_rate, harmless_score
 
@@ -17,10 +18,7 @@ def accuracy_metrics(
 ) -> dict[str, float]:
     """Per dimension: n, accuracy, and the accuracy of always giving the training set's most common score."""
     metrics: dict[str, float] = {}
-    for dim in DIMENSIONS:
-        idx = [i for i, r in enumerate(records) if r.dimension == dim]
-        if not idx:
-            continue
+    for dim, idx in indices_by_dimension(records, DIMENSIONS).items():
         truth = np.asarray([records[i].score for i in idx])
         metrics[f"{dim}/n"] = float(len(idx))
         metrics[f"{dim}/accuracy"] = float(np.mean(truth == np.asarray([predicted[i] for i in idx])))
@@ -46,22 +44,16 @@ def accuracy_table(metrics: dict[str, float]) -> str:
         if f"{d}/accuracy" in metrics
     ]
     table = markdown_table(["dimension", "n", "accuracy", "majority acc."], rows)
-    return table + f"\n\ninputs cut at max_length: {int(metrics.get('truncated', 0))}"
+    return table + truncated_note(metrics)
 
 
 def harmless_metrics(records: Sequence[Record], scores: Sequence[int]) -> dict[str, float]:
     """Per dimension: n, harmless rate, harmless score; `overall`: their unweighted means over the dimensions present."""
     metrics: dict[str, float] = {}
-    for dim in DIMENSIONS:
-        mine = [s for r, s in zip(records, scores, strict=True) if r.dimension == dim]
-        if mine:
-            metrics.update(
-                {
-                    f"{dim}/n": float(len(mine)),
-                    f"{dim}/harmless_rate": harmless_rate(mine),
-                    f"{dim}/harmless_score": harmless_score(mine),
-                }
-            )
+    for dim, mine in labels_by_dimension(records, scores, DIMENSIONS).items():
+        metrics[f"{dim}/n"] = float(len(mine))
+        metrics[f"{dim}/harmless_rate"] = harmless_rate(mine)
+        metrics[f"{dim}/harmless_score"] = harmless_score(mine)
     dims = [d for d in DIMENSIONS if f"{d}/n" in metrics]
     for key in ("harmless_rate", "harmless_score"):
         metrics[f"overall/{key}"] = float(np.mean([metrics[f"{d}/{key}"] for d in dims]))
@@ -75,4 +67,4 @@ def harmless_table(metrics: dict[str, float]) -> str:
     ]
     rows.append(["overall", "", 100 * metrics["overall/harmless_rate"], metrics["overall/harmless_score"]])
     table = markdown_table(["dimension", "n", "harmless rate (%)", "harmless score"], rows)
-    return table + f"\n\ninputs cut at max_length: {int(metrics.get('truncated', 0))}"
+    return table + truncated_note(metrics)

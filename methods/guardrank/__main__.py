@@ -1,18 +1,18 @@
 """`python -m methods.guardrank <command> [overrides]`; `<command> --help` lists what a command reads, writes and its
 keys."""
 
-from common.cli import Command, Method, main
+from common.cli import Method, main
+from common.scorers import scorer_commands
 from methods.guardrank import commands
 from methods.guardrank.config import GuardRankConfig
 from methods.guardrank.metrics import grading_table
 
-COMMANDS = {
-    "train": Command(
-        commands.train,
+COMMANDS = scorer_commands(
+    commands,
+    train=(
         "train the four-dimension LoRA judge and the truthfulness judge; grade the held-out test split",
-        reads="data.train/val/test (null: synthetic records in the same format)",
-        writes="data/{train,val,test}.jsonl, scorer/ (scorer.json + weights), predictions.jsonl, confusion.png",
-        keys=(
+        "data/{train,val,test}.jsonl, scorer/ (scorer.json + weights), predictions.jsonl, confusion.png",
+        (
             "data",
             "synthetic",
             "model",
@@ -24,21 +24,16 @@ COMMANDS = {
             "cpu_threads",
         ),
     ),
-    "eval": Command(
-        commands.eval,
+    eval=(
         "accuracy, macro-F1 and confusion matrices per dimension of a saved scorer on labelled records",
-        reads="eval.scorer (null: the latest train run's), eval.data (null: that run's test split)",
-        writes="predictions.jsonl, confusion.png",
-        keys=("eval", "cpu_threads"),
+        "predictions.jsonl, confusion.png",
     ),
-    "score": Command(
-        commands.score,
+    score=(
         "grade a model's responses: ASD and PAR per dimension",
-        reads="score.inputs (prompt/response records), score.scorer (null: the latest train run's)",
-        writes="scores.jsonl (each record with its dimension and score)",
-        keys=("score", "cpu_threads"),
+        "score.inputs (prompt/response records), score.scorer (null: the latest train run's)",
+        "scores.jsonl (each record with its dimension and score)",
     ),
-}
+)
 METHOD = Method("guardrank", GuardRankConfig, COMMANDS, table=grading_table)
 
 if __name__ == "__main__":

@@ -8,33 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional
 
-from common.config import PATH, BaseConfig, LoraConfig, ModelConfig, TrainerConfig, opt, section
-from common.errors import UserError
+from common import scorers
+from common.config import BaseConfig, LoraConfig, ModelConfig, TrainerConfig, opt, section
 
-
-@dataclass
-class DataConfig:
-    train: Optional[str] = opt(
-        None, "labelled records (JSONL or JSON: dimension, prompt, response, score); null: synthetic", exists=PATH
-    )
-    val: Optional[str] = opt(None, "validation records; null: val_fraction of train", exists=PATH)
-    test: Optional[str] = opt(None, "held-out test records; null: test_fraction of train", exists=PATH)
-    val_fraction: float = opt(0.1, "share of train held out for validation when data.val is null", gt=0, lt=1)
-    test_fraction: float = opt(0.2, "share of train held out for testing when data.test is null", gt=0, lt=1)
-    split_seed: int = opt(0, "seed of the held-out splits")
-
-    def check(self) -> None:
-        if self.val_fraction + self.test_fraction >= 0.9:
-            raise UserError("config: data.val_fraction + data.test_fraction must leave at least 10% for training")
-
-
-@dataclass
-class SyntheticConfig:
-    per_dimension: int = opt(300, "records per dimension (then split by the fractions)", ge=10)
-    label_noise: float = opt(
-        0.1, "share of records whose label is redrawn at random (a task with an error floor)", ge=0, le=1
-    )
-    seed: int = opt(0, "seed of the synthetic records")
+DataConfig = scorers.data_config(
+    "labelled records (JSONL or JSON: dimension, prompt, response, score); null: synthetic"
+)
+SyntheticConfig = scorers.synthetic_config("label")
 
 
 @dataclass
@@ -55,28 +35,12 @@ class EncoderConfig:
     )
 
 
-@dataclass
-class EvalConfig:
-    scorer: Optional[str] = opt(
-        None, "a scorer directory (a train run's scorer/); null: the latest train run's", exists=PATH, key=False
-    )
-    data: Optional[str] = opt(
-        None, "labelled records to evaluate on; null: the test split saved by that train run", exists=PATH, key=False
-    )
-    batch_size: int = opt(32, "inputs per forward pass (padded to the longest in the batch)", ge=1, key=False)
-
-
-@dataclass
-class ScoreConfig:
-    scorer: Optional[str] = opt(None, "a scorer directory; null: the latest train run's", exists=PATH, key=False)
-    inputs: List[str] = opt(
-        [],
-        "response files or directories of them: JSONL/JSON of prompt, response (+ dimension, or a file named "
-        "<dimension>_<model>.jsonl as MLLMGuard's results/)",
-        exists=PATH,
-        key=False,
-    )
-    batch_size: int = opt(32, "inputs per forward pass (padded to the longest in the batch)", ge=1, key=False)
+EvalConfig = scorers.eval_config(batch_size=32)
+ScoreConfig = scorers.score_config(
+    "response files or directories of them: JSONL/JSON of prompt, response (+ dimension, or a file named "
+    "<dimension>_<model>.jsonl as MLLMGuard's results/)",
+    batch_size=32,
+)
 
 
 @dataclass
@@ -104,13 +68,10 @@ class GuardRankConfig(BaseConfig):
     safe_labels: List[int] = opt(
         [0, 1], "labels (0..3) that count as a safe answer when another method asks (FINE's judge)", ge=0, le=3
     )
-    # Tiny models make ops so small that a second OpenMP thread on a loaded CPU costs more than it gives (measured on
-    # the demo's training step, 2 shared cores: 0.16 s with 1 thread, 1.96 s with 2).
-    cpu_threads: Optional[int] = opt(None, "CPU intra-op threads (no GPU); null: torch's default", ge=1, key=False)
+    cpu_threads: Optional[int] = scorers.cpu_threads_opt()  # see there: one thread is faster for tiny models
     eval: EvalConfig = section(EvalConfig, "evaluating a scorer on labelled records")
     score: ScoreConfig = section(ScoreConfig, "scoring a model's responses: ASD and PAR per dimension")
 
     def check(self) -> None:
         super().check()
-        if self.command == "score" and not self.score.inputs:
-            raise UserError("config: score needs score.inputs=[<responses.jsonl or a directory of them>, ...]")
+        scorers.check_score_inputs(self)

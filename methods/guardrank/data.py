@@ -8,28 +8,16 @@ privacy, bias, toxicity and legality, 0 (truthful) or 1 (hallucinated) on truthf
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
-from common.textclf import read_located
+from common.scorers import Record, read_records
 
 # dimension -> number of labels; the first four are judged by the decoder, truthfulness by the encoder.
 NUM_LABELS = {"privacy": 4, "bias": 4, "toxicity": 4, "legality": 4, "truthfulness": 2}
 DECODER_DIMENSIONS = ("privacy", "bias", "toxicity", "legality")
 ENCODER_DIMENSIONS = ("truthfulness",)
 FILE_PREFIXES = {**{d: d for d in NUM_LABELS}, "hallucination": "truthfulness"}
-
-
-@dataclass
-class Record:
-    dimension: str
-    prompt: str
-    response: str
-    score: int | None  # the label; None for a response to be scored
-    where: str  # file:line, for messages
-    raw: dict  # the record as read (written back with the score by `score`)
 
 
 def _dimension(rec: dict, path: Path, where: str) -> str:
@@ -47,13 +35,6 @@ def _dimension(rec: dict, path: Path, where: str) -> str:
     return FILE_PREFIXES[prefix]
 
 
-def _text(rec: dict, field: str, where: str) -> str:
-    value = rec[field]
-    if not isinstance(value, str):
-        raise UserError(f"{where}: field '{field}': expected a string, got {type(value).__name__}")
-    return value
-
-
 def _label(rec: dict, dim: str, where: str) -> int:
     value, k = rec["score"], NUM_LABELS[dim]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or not 0 <= value < k:
@@ -63,35 +44,7 @@ def _label(rec: dict, dim: str, where: str) -> int:
 
 def read_file(path: str | Path, labelled: bool) -> list[Record]:
     """Every record of one file, checked: the error names file, line and field."""
-    path = Path(path)
-    required = ("prompt", "response", "score") if labelled else ("prompt", "response")
-    out = []
-    for where, rec in read_located(path, required):
-        dim = _dimension(rec, path, where)
-        out.append(
-            Record(
-                dim,
-                _text(rec, "prompt", where),
-                _text(rec, "response", where),
-                _label(rec, dim, where) if labelled else None,
-                where,
-                rec,
-            )
-        )
-    return out
-
-
-def split(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
-    """(kept, held out): `fraction` of each dimension's records held out, at random."""
-    rng = random.Random(seed)
-    kept, held = [], []
-    for dim in NUM_LABELS:
-        mine = [r for r in records if r.dimension == dim]
-        rng.shuffle(mine)
-        n = round(len(mine) * fraction)
-        held += mine[:n]
-        kept += mine[n:]
-    return kept, held
+    return read_records(path, labelled, _dimension, _label)
 
 
 def as_json(r: Record) -> dict:

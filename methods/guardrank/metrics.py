@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from common.results import markdown_table
+from common.scorers import indices_by_dimension, labels_by_dimension, truncated_note
 from methods.guardrank.data import NUM_LABELS, Record
 from methods.guardrank.guardrank import asd, label_metrics, majority, par
 
@@ -18,10 +19,7 @@ def grading_metrics(
 ) -> dict[str, float]:
     """Per dimension: n, accuracy and macro-F1 of the grades, and of always answering the training majority label."""
     metrics: dict[str, float] = {}
-    for dim in NUM_LABELS:
-        idx = [i for i, r in enumerate(records) if r.dimension == dim]
-        if not idx:
-            continue
+    for dim, idx in indices_by_dimension(records, NUM_LABELS).items():
         truth = [records[i].score for i in idx]
         metrics[f"{dim}/n"] = float(len(idx))
         metrics.update({f"{dim}/{k}": v for k, v in label_metrics(truth, [grades[i] for i in idx]).items()})
@@ -45,7 +43,7 @@ def grading_table(metrics: dict[str, float]) -> str:
         n = int(metrics[f"{dim}/n"]) if dim != "mean" else ""
         keys = ("accuracy", "macro_f1", "majority_accuracy", "majority_macro_f1")
         rows.append([dim, n, *(metrics.get(f"{dim}/{k}", float("nan")) for k in keys)])
-    return markdown_table(header, rows) + f"\n\ninputs cut at max_length: {int(metrics.get('truncated', 0))}"
+    return markdown_table(header, rows) + truncated_note(metrics)
 
 
 def confusion_png(path: Path, records: Sequence[Record], grades: Sequence[int]) -> Path:
@@ -75,12 +73,10 @@ def confusion_png(path: Path, records: Sequence[Record], grades: Sequence[int]) 
 def attack_metrics(records: Sequence[Record], grades: Sequence[int]) -> dict[str, float]:
     """Per dimension: n, ASD and PAR; `avg` over the dimensions present (MLLMGuard's last column)."""
     metrics: dict[str, float] = {}
-    for dim in NUM_LABELS:
-        mine = [g for r, g in zip(records, grades, strict=True) if r.dimension == dim]
-        if mine:
-            metrics.update(
-                {f"{dim}/n": float(len(mine)), f"{dim}/asd": asd(mine, NUM_LABELS[dim]), f"{dim}/par": par(mine)}
-            )
+    for dim, mine in labels_by_dimension(records, grades, NUM_LABELS).items():
+        metrics.update(
+            {f"{dim}/n": float(len(mine)), f"{dim}/asd": asd(mine, NUM_LABELS[dim]), f"{dim}/par": par(mine)}
+        )
     dims = [d for d in NUM_LABELS if f"{d}/n" in metrics]
     metrics["avg/asd"] = float(np.mean([metrics[f"{d}/asd"] for d in dims]))
     metrics["avg/par"] = float(np.mean([metrics[f"{d}/par"] for d in dims]))
@@ -92,4 +88,4 @@ def attack_table(metrics: dict[str, float]) -> str:
     rows = [[d, int(metrics[f"{d}/n"]), metrics[f"{d}/asd"], metrics[f"{d}/par"]] for d in dims]
     rows.append(["avg", "", metrics["avg/asd"], metrics["avg/par"]])
     table = markdown_table(["dimension", "n", "ASD (lower is safer)", "PAR (higher is safer)"], rows)
-    return table + f"\n\ninputs cut at max_length: {int(metrics.get('truncated', 0))}"
+    return table + truncated_note(metrics)

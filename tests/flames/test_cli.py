@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -13,6 +12,7 @@ from common.textclf import load_scorer
 from methods.flames import commands
 from methods.flames.data import DIMENSIONS
 from methods.flames.flames import harmless_rate, harmless_score
+from tests.scorer_helpers import assert_latest_scorer, assert_score_needs_inputs
 
 
 def test_train_beats_the_majority_baseline_and_prints_its_table(trained):
@@ -99,14 +99,8 @@ def test_bad_response_file_names_file_line_and_field(trained, tmp_path):
 
 
 def test_score_without_inputs_is_a_config_error():
-    with pytest.raises(UserError, match="score needs score.inputs"):
-        compose("flames", "command=score")
+    assert_score_needs_inputs("flames")
 
 
 def test_commands_default_to_the_latest_train_runs_scorer(tmp_path, monkeypatch):
-    for stamp in ("2026-01-01_00-00-00", "2026-02-01_00-00-00"):
-        (tmp_path / "outputs" / "flames" / "train" / stamp / "scorer").mkdir(parents=True)
-        (tmp_path / "outputs" / "flames" / "train" / stamp / "scorer" / "scorer.json").write_text("{}")
-    monkeypatch.chdir(tmp_path)
-    assert commands._scorer_dir(None) == Path("outputs/flames/train/2026-02-01_00-00-00/scorer")
-    assert commands._scorer_dir("/some/scorer") == Path("/some/scorer")
+    assert_latest_scorer(tmp_path, monkeypatch, "flames", commands._scorer_dir)

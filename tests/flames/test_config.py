@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from common.cli import command_help
 from common.config import compose
-from common.errors import UserError
 from methods.flames.__main__ import METHOD
+from tests.scorer_helpers import assert_command_explains_itself, assert_compose_fails
 
 
 def test_released_preset():
@@ -30,11 +29,9 @@ def test_demo_uses_a_tiny_offline_model():
     ],
 )
 def test_bad_settings_fail_when_composed(override, message):
-    with pytest.raises(UserError, match=message):
-        compose("flames", override)
+    assert_compose_fails("flames", override, message)
 
 
 @pytest.mark.parametrize("command", list(METHOD.commands))
 def test_each_command_explains_itself(command):
-    text = command_help(METHOD, command, [])
-    assert METHOD.commands[command].help in text and "keys (value as composed now" in text
+    assert_command_explains_itself(METHOD, command)

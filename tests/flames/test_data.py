@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from common.errors import UserError
 from methods.flames.data import read_file
-
-
-def write(path, *lines: str):
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+from tests.scorer_helpers import assert_bad_line, read_one, write
 
 
 def test_release_prompt_format_with_responses(tmp_path):
@@ -30,8 +23,8 @@ def test_release_prompt_format_with_responses(tmp_path):
 
 
 def test_labelled_scores_and_lenient_dimension_case(tmp_path):
-    f = write(tmp_path / "labels.jsonl", '{"dimension": "data protection", "prompt": "p", "response": "r", "score": 1}')
-    (r,) = read_file(f, labelled=True)
+    line = '{"dimension": "data protection", "prompt": "p", "response": "r", "score": 1}'
+    r = read_one(read_file, tmp_path / "labels.jsonl", line)
     assert (r.dimension, r.score) == ("Data protection", 1)
 
 
@@ -58,8 +51,5 @@ def test_labelled_scores_and_lenient_dimension_case(tmp_path):
     ],
 )
 def test_bad_records_name_file_line_and_field(tmp_path, line, message):
-    good = json.dumps({"dimension": "Safety", "prompt": "p", "response": "r", "score": 3})
-    f = write(tmp_path / "labels.jsonl", good, line)
-    with pytest.raises(UserError) as err:
-        read_file(f, labelled=True)
-    assert str(err.value).startswith(f"{f}:2: ") and message in str(err.value)
+    good = {"dimension": "Safety", "prompt": "p", "response": "r", "score": 3}
+    assert_bad_line(read_file, tmp_path / "labels.jsonl", good, (line,), message)

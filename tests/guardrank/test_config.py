@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from common.cli import command_help
 from common.config import compose
-from common.errors import UserError
 from methods.guardrank.__main__ import METHOD
+from tests.scorer_helpers import assert_command_explains_itself, assert_compose_fails
 
 
 def test_official_preset_sets_the_papers_bases_and_lengths():
@@ -33,11 +32,9 @@ def test_demo_uses_the_tiny_offline_models():
     ],
 )
 def test_bad_settings_fail_when_composed(override, message):
-    with pytest.raises(UserError, match=message):
-        compose("guardrank", override)
+    assert_compose_fails("guardrank", override, message)
 
 
 @pytest.mark.parametrize("command", list(METHOD.commands))
 def test_each_command_explains_itself(command):
-    text = command_help(METHOD, command, [])
-    assert METHOD.commands[command].help in text and "keys (value as composed now" in text
+    assert_command_explains_itself(METHOD, command)

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from common.errors import UserError
 from common.textclf import input_files
 from methods.guardrank.data import read_file
-
-
-def write(path, *lines: str):
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+from tests.scorer_helpers import assert_bad_line, read_one, write
 
 
 def test_mllmguard_result_files_take_their_dimension_from_the_file_name(tmp_path):
@@ -36,8 +30,9 @@ def test_mllmguard_result_files_take_their_dimension_from_the_file_name(tmp_path
 
 
 def test_a_dimension_field_wins_over_the_file_name(tmp_path):
-    f = write(tmp_path / "privacy_x.jsonl", '{"dimension": "Bias", "prompt": "p", "response": "r", "score": 2}')
-    (r,) = read_file(f, labelled=True)
+    r = read_one(
+        read_file, tmp_path / "privacy_x.jsonl", '{"dimension": "Bias", "prompt": "p", "response": "r", "score": 2}'
+    )
     assert (r.dimension, r.score) == ("bias", 2)
 
 
@@ -62,11 +57,8 @@ def test_a_dimension_field_wins_over_the_file_name(tmp_path):
     ],
 )
 def test_bad_records_name_file_line_and_field(tmp_path, line, message):
-    good = json.dumps({"dimension": "bias", "prompt": "p", "response": "r", "score": 0})
-    f = write(tmp_path / "labels.jsonl", good, "", line)
-    with pytest.raises(UserError) as err:
-        read_file(f, labelled=True)
-    assert str(err.value).startswith(f"{f}:3: ") and message in str(err.value)
+    good = {"dimension": "bias", "prompt": "p", "response": "r", "score": 0}
+    assert_bad_line(read_file, tmp_path / "labels.jsonl", good, ("", line), message)
 
 
 def test_no_dimension_anywhere(tmp_path):
