@@ -19,6 +19,12 @@ def read_records(path: str | Path, required: Sequence[str] = ()) -> list[dict]:
 
     Errors name the file, the line and the field, so a bad record in a 4,000-row split is found at once.
     """
+    return [rec for _, rec in read_located(path, required)]
+
+
+def read_located(path: str | Path, required: Sequence[str] = ()) -> list[tuple[str, dict]]:
+    """read_records, each record with where it sits (`file:line` in JSON Lines, `file: record k` in an array), for
+    the checks a caller makes of its values."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
@@ -51,7 +57,7 @@ def read_records(path: str | Path, required: Sequence[str] = ()) -> list[dict]:
         for name in required:
             if name not in rec:
                 raise UserError(f"{loc}: field '{name}' missing")
-        out.append(rec)
+        out.append((loc, rec))
     return out
 
 

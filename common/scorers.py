@@ -21,8 +21,9 @@ import torch
 from common.cli import Command, latest_run
 from common.config import PATH, as_dict, opt
 from common.errors import UserError
+from common.io import read_located
 from common.loggers import make_logger
-from common.textclf import Scorer, input_files, load_scorer, read_located, write_jsonl
+from common.textclf import Scorer, input_files, load_scorer, write_jsonl
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Config sections: the same keys in every scorer method; the docs and defaults that differ are arguments.

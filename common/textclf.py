@@ -29,7 +29,7 @@ import torch
 
 from common.dist import main_then_wait
 from common.errors import UserError
-from common.io import atomic_write, read_records, write_json
+from common.io import atomic_write, write_json
 
 SHARED, PER_DIMENSION = "shared", "per-dimension"
 
@@ -110,17 +110,6 @@ def classify(
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Records and training
-
-
-def read_located(path: str | Path, required: Sequence[str] = ()) -> list[tuple[str, dict]]:
-    """read_records (JSON array or JSON Lines; malformed JSON or a missing field is an error naming file and line),
-    each record with its location `file:line` (`file: record i` in an array) for the checks of its values."""
-    records = read_records(path, required)
-    text = Path(path).read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        return [(f"{path}: record {i}", r) for i, r in enumerate(records, start=1)]
-    lines = [n for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    return [(f"{path}:{n}", r) for n, r in zip(lines, records, strict=True)]
 
 
 def input_files(inputs: Sequence[str]) -> list[Path]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
-from common.io import read_records
+from common.io import read_located
 
 ID, CATEGORY, QUESTION, POSITIVE, NEGATIVE = "id", "category", "question", "Positive Option", "Negative Option"
 FIELDS = (ID, CATEGORY, QUESTION, POSITIVE, NEGATIVE)
@@ -48,14 +48,6 @@ class Question:
         }
 
 
-def _locations(path: Path, n: int) -> list[str]:
-    """Where each record of read_records(path) sits: `file:line` in JSON Lines, `file: record k` in a JSON array."""
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        return [f"{path}: record {k}" for k in range(1, n + 1)]
-    return [f"{path}:{i}" for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
-
-
 def _text(rec: dict, field: str, where: str, empty_ok: bool = False) -> str:
     value = rec[field]
     if field == ID and isinstance(value, int) and not isinstance(value, bool):
@@ -78,10 +70,9 @@ def _unique_ids(ids: list[str], locations: list[str]) -> None:
 def read_questions(path: str | Path) -> list[Question]:
     """The release's questions, in file order (JSON Lines, or a JSON array of the same objects)."""
     path = Path(path)
-    records = read_records(path, required=FIELDS)
-    where = _locations(path, len(records))
-    questions = [Question(*(_text(rec, f, loc) for f in FIELDS)) for rec, loc in zip(records, where, strict=True)]
-    _unique_ids([q.id for q in questions], where)
+    located = read_located(path, required=FIELDS)
+    questions = [Question(*(_text(rec, f, loc) for f in FIELDS)) for loc, rec in located]
+    _unique_ids([q.id for q in questions], [loc for loc, _ in located])
     return questions
 
 
@@ -116,11 +107,10 @@ def read_saved(path: str | Path, questions: dict[str, Question] | None = None, j
     `category`) is taken from `questions` by id. `judged`: the open-ended answers will be judged again, so
     `open_response` is needed; otherwise the saved `open_result` is."""
     path = Path(path)
-    records = read_records(path, required=(ID,))
-    where = _locations(path, len(records))
+    located = read_located(path, required=(ID,))
     hint = " (the official FINE output has none: give the question file as data.questions)" if not questions else ""
     out = []
-    for rec, loc in zip(records, where, strict=True):
+    for loc, rec in located:
         qid = _text(rec, ID, loc)
         known = (questions or {}).get(qid)
         if questions is not None and known is None and CATEGORY not in rec:
@@ -142,5 +132,5 @@ def read_saved(path: str | Path, questions: dict[str, Question] | None = None, j
         if not judged and result is None:
             raise UserError(f"{loc}: field '{OPEN_RESULT}' missing (score.judge=false uses the saved results)")
         out.append(Saved(question, mc, mul, answer, result))
-    _unique_ids([s.question.id for s in out], where)
+    _unique_ids([s.question.id for s in out], [loc for loc, _ in located])
     return out

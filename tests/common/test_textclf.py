@@ -10,6 +10,7 @@ import torch
 
 from common.config import LoraConfig, ModelConfig
 from common.errors import UserError
+from common.io import read_located
 from common.models import attach_lora, load_model
 from common.textclf import (
     PER_DIMENSION,
@@ -18,7 +19,6 @@ from common.textclf import (
     classify,
     encode,
     load_scorer,
-    read_located,
     save_scorer,
     save_untrained,
 )
