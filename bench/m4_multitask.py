@@ -28,6 +28,7 @@ import torch
 from common.bench import load, spread
 from common.config import compose
 from methods.m4 import data as m4data
+from methods.m4 import kernels
 from methods.m4.extract import output_paths
 from methods.m4.model import model_kwargs
 from methods.m4.train import ModelRun, fit_model
@@ -55,6 +56,7 @@ def main() -> None:
     )
     threads = args.threads or cfg.train.cpu_threads or torch.get_num_threads()
     torch.set_num_threads(threads)  # as the train command does before training
+    kernels.use(cfg.train.cpu_gemm)
 
     n = args.bags + args.val_bags
     rng = np.random.default_rng(0)
@@ -94,7 +96,7 @@ def main() -> None:
     ratios = [m / s for m, s in zip(t_m4, t_single, strict=True)]
     print(
         f"{args.bags} training + {args.val_bags} validation bags of ~{args.instances} x 2048, {args.genes} genes, "
-        f"{args.epochs} epochs, {threads} thread(s), {args.repeats} alternating repeats"
+        f"{args.epochs} epochs, {threads} thread(s), CPU GEMM {kernels.chosen()}, {args.repeats} alternating repeats"
     )
     print(f"  M4, one run for all genes: {spread(t_m4, ' s', 1)}")
     print(f"  {args.genes} single-task ABMIL runs: {spread(t_single, ' s', 1)}")

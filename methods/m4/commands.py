@@ -15,7 +15,7 @@ from common.cli import latest_run
 from common.errors import UserError
 from common.io import write_json
 from common.items import shard_items, summarize
-from methods.m4 import cohort
+from methods.m4 import cohort, kernels
 from methods.m4 import train as m4train
 from methods.m4.config import M4Config
 from methods.m4.data import make_splits, split_records
@@ -50,6 +50,7 @@ def train(cfg: M4Config, run_dir: Path) -> dict[str, float]:
     labels, feat_dim = cohort.labels_with_features(cfg, paths)
     if cfg.train.cpu_threads and not torch.cuda.is_available():
         torch.set_num_threads(cfg.train.cpu_threads)  # after extraction, which does use every core
+    kernels.use(cfg.train.cpu_gemm)
     splits = make_splits(labels, cfg.train)
     print(
         f"train: {len(labels.slide_ids)} slides, {len(set(labels.case_ids))} patients, genes {', '.join(labels.genes)}, "

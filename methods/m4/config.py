@@ -12,6 +12,7 @@ from common.config import PATH, BaseConfig, TrainerConfig, opt, section
 from common.errors import UserError
 
 SEGMENTS = 4  # M4's proxy segments (methods/m4/model.py): the hidden width must split into them
+GEMMS = ("auto", "native", "onednn")  # CPU matrix products of M4's large layers (methods/m4/kernels.py)
 
 
 @dataclass
@@ -132,6 +133,12 @@ class TrainConfig:
     # computing (measured: M4 step 31 ms with 1 thread vs 420 ms with 2 on a loaded 2-core VM).
     cpu_threads: Optional[int] = opt(
         None, "CPU intra-op threads while training; null: torch's default", ge=1, key=False
+    )
+    cpu_gemm: str = opt(
+        "auto",
+        "CPU float32 GEMM of the large layers: auto (the faster, timed once), native (PyTorch's BLAS), onednn",
+        choices=GEMMS,
+        key=False,
     )
 
     def check(self) -> None:

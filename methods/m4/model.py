@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.registry import register
+from methods.m4 import kernels
 from methods.m4.config import SEGMENTS, MilConfig  # SEGMENTS: the official code hard-codes a 4-way split
 
 PROXY_KERNELS = (3, 5, 7)  # segments 1..3; segment 0 is the identity proxy
@@ -193,7 +194,7 @@ class BatchedMPExperts(nn.Module):
         super().__init__()
         e, seg = num_expert, hidden // SEGMENTS
         self.num_expert, self.hidden, self.attn_dim = num_expert, hidden, attn_dim
-        self.fc = nn.Linear(feat_input, e * hidden)
+        self.fc = kernels.Linear(feat_input, e * hidden)
         self.cpe = nn.Conv2d(e * hidden, e * hidden, 3, padding=1, groups=e * hidden)
         self.norm_weight = nn.Parameter(torch.ones(e, hidden))
         self.norm_bias = nn.Parameter(torch.zeros(e, hidden))
@@ -238,9 +239,9 @@ class BatchedMPExperts(nn.Module):
         proxies = [identity]
         for part, dw, pw in zip(parts, proxy_w[:3], proxy_w[3:], strict=True):
             grid = F.conv2d(_to_grid(part, side), dw, padding=dw.shape[-1] // 2, groups=seg)
-            proxies.append(F.linear(_from_grid(grid), pw))
+            proxies.append(kernels.linear(_from_grid(grid), pw))
         h = h + F.hardswish(torch.cat(proxies, dim=1))
-        ab = F.linear(h, ab_w, ab_b)
+        ab = kernels.linear(h, ab_w, ab_b)
         gated = _dropout(torch.tanh(ab[:, :d]), 0.25, self.training) * _dropout(
             torch.sigmoid(ab[:, d:]), 0.25, self.training
         )
@@ -396,7 +397,7 @@ class ABMIL(nn.Module):
     def __init__(self, feat_input: int = 2048, hidden: int = 512, attn_dim: int = 256, n_out: int = 1):
         super().__init__()
         self.attention_net = nn.Sequential(
-            nn.Linear(feat_input, hidden), nn.ReLU(), nn.Dropout(0.25), GatedAttention(hidden, attn_dim, 0.25)
+            kernels.Linear(feat_input, hidden), nn.ReLU(), nn.Dropout(0.25), GatedAttention(hidden, attn_dim, 0.25)
         )
         self.classifier = nn.Linear(hidden, n_out)
         _xavier_init(self)
