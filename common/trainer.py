@@ -95,12 +95,14 @@ def _optimizer(params_with_names: list[tuple[str, torch.nn.Parameter]], cfg: Tra
     kinds = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
     if cfg.optimizer not in kinds:
         raise UserError(f"trainer.optimizer: unknown optimizer '{cfg.optimizer}'; valid: {', '.join(kinds)}")
-    if cfg.optimizer == "adam":
-        # torch.optim.Adam applies L2 (not decoupled) weight decay, as the official M4 code relies on.
-        return torch.optim.Adam(groups, lr=cfg.lr)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    return kinds[cfg.optimizer](groups, lr=cfg.lr)
+    # The fused kernel updates each tensor in one pass. On CPU the default loop allocates several temporaries per
+    # tensor and step: for M4 (7.5M parameters, 1 thread) 16-80 ms per step against 4 ms fused.
+    params = [p for _, p in params_with_names]
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params) or None
+    # torch.optim.Adam applies L2 (not decoupled) weight decay, as the official M4 code relies on.
+    return kinds[cfg.optimizer](groups, lr=cfg.lr, fused=fused)
 
 
 def _load_weights(model: torch.nn.Module, path: Path, frozen: set[str] = frozenset()) -> None:
