@@ -95,8 +95,16 @@ class ExtractConfig:
     )
     input_size: Optional[int] = opt(None, "side the patches are resized to; null: the encoder's native size", ge=16)
     batch_size: int = opt(64, "patches per backbone pass", ge=1, key=False)
-    num_workers: int = opt(2, "DataLoader workers reading patches", ge=0, key=False)
+    num_workers: Optional[int] = opt(
+        None,
+        "DataLoader workers reading patches; null: one per core (CUDA: but one), at most 8",
+        ge=0,
+        key=False,
+    )
     device: str = opt("auto", "auto: cuda when available", choices=("auto", "cpu", "cuda"), key=False)
+    streams: Optional[int] = opt(
+        None, "CPU only: batches embedded at once, one thread each; null: one per core", ge=1, key=False
+    )
 
 
 @dataclass

@@ -101,6 +101,32 @@ def test_extraction_is_the_same_with_parallel_workers(extracted, backbone, tmp_p
         )
 
 
+@pytest.mark.parametrize("streams", [1, 3])
+def test_extraction_is_the_same_with_any_number_of_cpu_streams(extracted, backbone, tmp_path, streams):
+    """Batches embedded one at a time or several at once (one thread each): same features, same patch order."""
+    slides, patches, features, _ = extracted
+    jobs, _ = m4extract.plan_jobs(slides, patches, tmp_path / "f")
+    threads = torch.get_num_threads()
+    outcomes = m4extract.extract(
+        jobs, backbone, tmp_path / "f", replace(FAST, streams=streams, batch_size=2), progress=False
+    )
+    assert torch.get_num_threads() == threads  # the streams' one-thread setting does not leak
+    assert sorted(o.status for o in outcomes) == ["done"] * 3
+    for p in slides:
+        torch.testing.assert_close(
+            m4extract.load_features(tmp_path / "f", p.stem),
+            m4extract.load_features(features, p.stem),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+
+
+def test_default_workers_follow_the_core_count():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [m4extract.default_workers(cpu, c) for c in (1, 2, 16)] == [1, 2, 8]
+    assert [m4extract.default_workers(cuda, c) for c in (1, 2, 16)] == [1, 1, 8]
+
+
 def test_patches_are_read_from_the_right_level_of_a_40x_slide(slide40, tmp_path):
     path, rgb = slide40
     tile_into([path], tmp_path)
@@ -111,10 +137,10 @@ def test_patches_are_read_from_the_right_level_of_a_40x_slide(slide40, tmp_path)
     assert len(ds) == len(plan.coords)
     for k, (x, y) in enumerate(plan.coords.tolist()):
         img, j, err = ds[k]
-        assert err == "" and j == 0 and img.dtype == torch.uint8 and img.shape == (3, 256, 256)
-        np.testing.assert_array_equal(img.permute(1, 2, 0).numpy(), half[y // 2 : y // 2 + 256, x // 2 : x // 2 + 256])
+        assert err == "" and j == 0 and img.dtype == torch.uint8 and img.shape == (256, 256, 3)
+        np.testing.assert_array_equal(img.numpy(), half[y // 2 : y // 2 + 256, x // 2 : x // 2 + 256])
     img, _, _ = m4extract.PatchDataset([job], out_size=64)[0]
-    assert img.shape == (3, 64, 64)
+    assert img.shape == (64, 64, 3)
 
 
 def test_reads_past_the_slide_edge_are_white(slide40):
@@ -122,7 +148,7 @@ def test_reads_past_the_slide_edge_are_white(slide40):
     path, rgb = slide40
     job = m4extract.SlideJob("s40", path, np.array([[1536 - 256, 1024 - 128]]), 0, 512)
     img, _, err = m4extract.PatchDataset([job], out_size=512)[0]
-    patch = img.permute(1, 2, 0).numpy()
+    patch = img.numpy()
     assert err == ""
     np.testing.assert_array_equal(patch[:128, :256], rgb[-128:, -256:])
     assert (patch[128:] == 255).all() and (patch[:, 256:] == 255).all()
