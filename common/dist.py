@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def rank() -> int:
@@ -33,6 +34,30 @@ def main_then_wait(fn: Callable[[], None]) -> None:
     if state.is_main_process:
         fn()
     state.wait_for_everyone()
+
+
+def shard_map(fn: Callable[[list], Sequence], items: Sequence) -> list[Any]:
+    """fn over `items` split across the job's processes, every process getting all results back in item order.
+
+    Per-item work such as evaluation or generation: under torchrun rank r takes items r, r + W, r + 2W, ... (similar
+    lengths when items are sorted, so ranks finish together) and the results are gathered. fn maps a list of items to
+    one result per item; every process must call this with the same items.
+    """
+    world = world_size()
+    if world == 1:
+        return list(fn(list(items)))
+    import torch
+    from accelerate import PartialState
+
+    PartialState(cpu=not torch.cuda.is_available())  # the process group the trainer uses
+    mine = list(items[rank() :: world])
+    results = list(fn(mine)) if mine else []
+    gathered: list[Any] = [None] * world
+    torch.distributed.all_gather_object(gathered, results)
+    out: list[Any] = [None] * len(items)
+    for r, part in enumerate(gathered):
+        out[r::world] = part
+    return out
 
 
 @contextlib.contextmanager

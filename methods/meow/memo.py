@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from rouge_score import rouge_scorer
 
+from common.dist import shard_map
 from common.lm import generate_greedy
 from methods.meow.config import MemoConfig
 
@@ -106,7 +107,8 @@ def memo_batched(model, tokenizer, pairs: Sequence[tuple[str, str]], cfg: MemoCo
         spans.append((len(prompts), len(prompts) + len(ws)))
         prompts += [p for p, _ in ws]
         labels += [lab for _, lab in ws]
-    outs = continuations(model, tokenizer, prompts, cfg, cfg.batch_size)
+    # Under torchrun each process decodes its share of the windows; all get every continuation back.
+    outs = shard_map(lambda part: continuations(model, tokenizer, part, cfg, cfg.batch_size), prompts)
     scores = [rouge1_precision(lab, out) for lab, out in zip(labels, outs, strict=True)]
     return [_mean(scores[s:e]) for s, e in spans]
 

@@ -151,7 +151,10 @@ def score(cfg: MeowConfig, source: DataSource, target: str, rows: list[dict]) ->
 def scored_rows(cfg: MeowConfig, source: DataSource, target: str, inverted: list[dict]) -> tuple[list[dict], Path]:
     """Inverted facts with MEMO of every answer under the target model (a stage), and the file holding them."""
     path = run_stage(
-        "MEMO", memo_path(cfg, target, inverted), lambda tmp: write_json(tmp, score(cfg, source, target, inverted))
+        "MEMO",
+        memo_path(cfg, target, inverted),
+        write_json,
+        compute=lambda: score(cfg, source, target, inverted),  # every process scores its share
     )
     return json.loads(path.read_text()), path
 
@@ -310,11 +313,13 @@ def retain_logs(cfg: MeowConfig, source: DataSource, logger: Logger | None = Non
         label="retain",
     )
 
-    def write(tmp: Path) -> None:
+    def compute() -> dict[str, dict]:  # every process evaluates its share
         model, tokenizer = load_lm(cfg, source, model_path)
-        evaluate(cfg, source, model, tokenizer, tmp)
+        return evaluate(cfg, source, model, tokenizer)
 
-    return tofu_eval.load_logs(run_stage("retain model's evaluation", path, write))
+    return tofu_eval.load_logs(
+        run_stage("retain model's evaluation", path, lambda tmp, logs: tofu_eval.write_logs(logs, tmp), compute)
+    )
 
 
 def reference_forget_log(cfg: MeowConfig, retain: dict[str, dict] | None) -> dict:

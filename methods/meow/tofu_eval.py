@@ -24,6 +24,7 @@ import torch
 from rouge_score import rouge_scorer
 from scipy.stats import hmean, ks_2samp
 
+from common.dist import is_main_process, shard_map
 from common.errors import UserError
 from common.io import write_json
 from common.lm import collate, encode_qa, format_prompt, generate_answers, sequence_nll
@@ -73,11 +74,18 @@ def eval_log(model, tokenizer, rows: list[dict], name: str, cfg: EvalConfig, *, 
         raise UserError("every row of an eval set must carry the same number of perturbed answers")
     qa = [(r["question"], r["answer"]) for r in rows] + [(r["question"], r[base_key]) for r in rows]
     qa += [(r["question"], p) for r in rows for p in r["perturbed_answer"]]
-    nll, count = _answer_nll(model, tokenizer, qa, family, max_length, cfg.batch_size)
+    # Split across the job's processes under torchrun (each rank scores and generates its share), gathered in order.
+    per_pair = shard_map(
+        lambda part: list(zip(*_answer_nll(model, tokenizer, part, family, max_length, cfg.batch_size))), qa
+    )
+    nll, count = np.array([p[0] for p in per_pair]), np.array([p[1] for p in per_pair], dtype=np.int64)
     per_token = nll / np.maximum(count, 1)
     gt, base, pert = slice(0, n), slice(n, 2 * n), slice(2 * n, None)
     pert_nll, pert_count, pert_avg = (a[pert].reshape(n, n_pert) for a in (nll, count, per_token))
-    gens = generate_answers(model, tokenizer, family, [r["question"] for r in rows], cfg.max_new_tokens, cfg.batch_size)
+    gens = shard_map(
+        lambda qs: generate_answers(model, tokenizer, family, qs, cfg.max_new_tokens, cfg.batch_size),
+        [r["question"] for r in rows],
+    )
     scores = [_ROUGE.score(r["answer"], g) for r, g in zip(rows, gens, strict=True)]
     idx = [str(i) for i in range(n)]
 
@@ -163,7 +171,8 @@ def evaluate(
     out_dir: Path | None = None,
 ) -> dict[str, dict]:
     """TOFU logs for the four sets (`splits` maps retain/real_authors/world_facts/forget to rows), written as TOFU
-    writes them (one file per set and the aggregated file) when `out_dir` is given."""
+    writes them (one file per set and the aggregated file) when `out_dir` is given. Under torchrun every process
+    calls this: each scores its share of the rows, all get the whole logs, the main process writes them."""
     was_training = model.training
     model.eval()
     logs = {
@@ -171,11 +180,16 @@ def evaluate(
         for name in EVAL_SETS
     }
     model.train(was_training)
-    if out_dir is not None:
-        for name, log in logs.items():
-            write_json(out_dir / EVAL_SETS[name][0], log)
-        write_json(out_dir / AGGREGATED, {EVAL_SETS[k][0]: v for k, v in logs.items()})
+    if out_dir is not None and is_main_process():
+        write_logs(logs, out_dir)
     return logs
+
+
+def write_logs(logs: dict[str, dict], out_dir: Path) -> None:
+    """One file per set and the aggregated file, as TOFU writes them."""
+    for name, log in logs.items():
+        write_json(out_dir / EVAL_SETS[name][0], log)
+    write_json(out_dir / AGGREGATED, {EVAL_SETS[k][0]: v for k, v in logs.items()})
 
 
 def _read(path: Path) -> dict:

@@ -47,8 +47,11 @@ def test_batched_memo_equals_simple(finetuned, decode):
     batched = memo_batched(model, tok, pairs, s)
     simple = [memo_simple(model, tok, q, a, s) for q, a in pairs]
     assert batched == pytest.approx(simple, abs=0.01)
-    # The model memorised the true answers far better than wrong ones.
-    assert sum(batched[0::2]) / 3 > sum(batched[1::2]) / 3 + 0.1
+    # The model memorised the true answers far better than wrong ones (over 10 rows: 3 are too few to average).
+    rows = source.load("forget10_perturbed")[:10]
+    true = memo_batched(model, tok, [(r["question"], r["answer"]) for r in rows], s)
+    wrong = memo_batched(model, tok, [(r["question"], r["perturbed_answer"][0]) for r in rows], s)
+    assert sum(true) / 10 > sum(wrong) / 10 + 0.1, (true, wrong)
 
 
 def test_the_two_decodings_differ_only_in_decoding(finetuned):

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 from common.config import compose
 from common.errors import UserError
 from methods.meow import commands, tofu_eval
 from methods.meow.config import EvalConfig
+from tests.helpers import REPO
 
 
 def log(gt, para, pert, rouge):
@@ -206,3 +211,27 @@ def test_batched_eval_log_equals_unbatched(finetuned):
         assert list(a[key].values()) == pytest.approx(list(b[key].values()), abs=1e-4)
     # The fine-tuned target reproduces its training answers.
     assert tofu_eval.set_metrics("forget", a)["rouge"] > 0.9
+
+
+def test_eval_and_memo_on_two_processes_equal_one_process(finetuned, meow_cache, tmp_path):
+    """Under torchrun (2 gloo processes) the rows are split between the ranks and gathered: the same logs and MEMO
+    scores as one process, every row scored once."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    worker = [str(REPO / "tests/meow/eval_worker.py"), str(tmp_path), str(meow_cache)]
+    one = subprocess.run([sys.executable, *worker], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29523"]
+    two = subprocess.run([*launcher, *worker], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (json.loads((tmp_path / f"eval.world{w}.json").read_text()) for w in (1, 2))
+    assert a["log"].keys() == b["log"].keys() and a["log"]["generated_text"] == b["log"]["generated_text"]
+    for key, values in a["log"].items():
+        assert list(values) == [str(i) for i in range(5)], key
+        if key != "generated_text":
+            assert np.allclose(list(values.values()), list(b["log"][key].values()), rtol=1e-5, atol=1e-6), key
+    assert a["memo"] == pytest.approx(b["memo"], abs=1e-9) and len(a["memo"]) == 10
+    # Each rank computed only its share: together exactly what one process computed.
+    alone = json.loads((tmp_path / "counts.world1.rank0.json").read_text())
+    shares = [json.loads((tmp_path / f"counts.world2.rank{r}.json").read_text()) for r in (0, 1)]
+    for key, total in alone.items():
+        assert total > 0 and sorted(s[key] for s in shares) == [total // 2, total - total // 2], key
