@@ -85,31 +85,16 @@ def test_features_made_elsewhere_load(tmp_path):
         check_features(Labels(["p"], ["a"], ["G"], np.zeros((1, 1), np.float32)), root)  # no error
 
 
-def test_extraction_is_the_same_with_parallel_workers(extracted, backbone, tmp_path):
-    slides, patches, features, _ = extracted
-    jobs, _ = m4extract.plan_jobs(slides, patches, tmp_path / "f")
-    outcomes = m4extract.extract(
-        jobs, backbone, tmp_path / "f", replace(FAST, num_workers=2, batch_size=3), progress=False
-    )
-    assert sorted(o.status for o in outcomes) == ["done"] * 3
-    for p in slides:
-        torch.testing.assert_close(
-            m4extract.load_features(tmp_path / "f", p.stem),
-            m4extract.load_features(features, p.stem),
-            rtol=1e-4,
-            atol=1e-5,
-        )
-
-
-@pytest.mark.parametrize("streams", [1, 3])
-def test_extraction_is_the_same_with_any_number_of_cpu_streams(extracted, backbone, tmp_path, streams):
-    """Batches embedded one at a time or several at once (one thread each): same features, same patch order."""
+@pytest.mark.parametrize(
+    "setting", [{"num_workers": 2, "batch_size": 3}, {"streams": 1, "batch_size": 2}, {"streams": 3, "batch_size": 2}]
+)
+def test_extraction_is_the_same_with_workers_and_any_number_of_cpu_streams(extracted, backbone, tmp_path, setting):
+    """Parallel readers, and batches embedded one at a time or several at once (one thread each): same features in
+    the same patch order."""
     slides, patches, features, _ = extracted
     jobs, _ = m4extract.plan_jobs(slides, patches, tmp_path / "f")
     threads = torch.get_num_threads()
-    outcomes = m4extract.extract(
-        jobs, backbone, tmp_path / "f", replace(FAST, streams=streams, batch_size=2), progress=False
-    )
+    outcomes = m4extract.extract(jobs, backbone, tmp_path / "f", replace(FAST, **setting), progress=False)
     assert torch.get_num_threads() == threads  # the streams' one-thread setting does not leak
     assert sorted(o.status for o in outcomes) == ["done"] * 3
     for p in slides:
