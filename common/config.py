@@ -91,6 +91,12 @@ class TrainerConfig:
     log_every: int = opt(10, "log the loss every N steps", ge=1, key=False)
     progress: bool = opt(True, "show a progress bar", key=False)
     resume: bool = opt(True, "resume from the newest complete checkpoint (refused if settings changed)", key=False)
+    checkpoint_state: str = opt(
+        "auto",
+        "auto: accelerate's save_state (sharded) under FSDP/DeepSpeed, else own (trainable weights: LoRA adapters)",
+        choices=("auto", "own", "accelerate"),
+        key=False,
+    )
     num_workers: int = opt(0, "DataLoader worker processes that load and collate batches ahead", ge=0, key=False)
     gradient_checkpointing: bool = opt(False, "recompute activations in backward (transformers models): less memory")
     ddp_find_unused_parameters: bool = opt(False, "DDP: allow parameters without gradients", key=False)

@@ -167,7 +167,7 @@ def _publish(tmp: Path, final: Path, prefix: str, marker: str) -> None:
     Each step is atomic (rename) and durable (fsync), and an older directory is renamed away before it is deleted,
     so a kill at any instant leaves the newest complete directory intact and no half-deleted one that looks complete.
     """
-    for f in tmp.iterdir():
+    for f in sorted(tmp.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # files before their directories
         _fsync(f)
     _fsync(tmp)
     os.rename(tmp, final)
@@ -258,7 +258,12 @@ def fit(
     complete = _complete(root, "step-", "state.json") if root.is_dir() else []
     # What shapes the training (settings declared key=False, such as save_every or progress, do not), and the data
     # size: a resumed run must continue the same training, never mix two.
+    # FSDP and DeepSpeed shard weights and optimizer state over the ranks: only accelerate's own state files hold them.
+    sharded = accelerator.distributed_type.name in ("FSDP", "DEEPSPEED")
+    state_format = cfg.checkpoint_state if cfg.checkpoint_state != "auto" else ("accelerate" if sharded else "own")
     settings = {**{f"trainer.{k}": v for k, v in key_data(cfg).items()}, "examples": n, "processes": world}
+    if state_format == "accelerate":  # absent from the trainer's own checkpoints (written before the key existed)
+        settings["checkpoint_state"] = state_format
     state = {"step": 0, "best": None, "best_step": None, "metrics": {}, "settings": settings}
     resuming = cfg.resume and bool(complete)
     ckpt_dir = complete[0] if complete else root / "none"
@@ -268,7 +273,9 @@ def fit(
     if resuming:
         state = json.loads((ckpt_dir / "state.json").read_text())
         _check_same_training(state.get("settings", {}), settings, ckpt_dir)
-        _load_weights(model, ckpt_dir / "model.safetensors", frozen)
+        accelerator.print(f"resuming from {ckpt_dir} (step {state['step']} of {total_steps})", flush=True)
+        if state_format == "own":
+            _load_weights(model, ckpt_dir / "model.safetensors", frozen)
 
     if cfg.gradient_checkpointing:
         # transformers 5 renamed it activation checkpointing; non-reentrant recomputation gives gradients to LoRA
@@ -296,7 +303,10 @@ def fit(
     for frozen in task.frozen:
         frozen.to(accelerator.device).eval().requires_grad_(False)
     if resuming:
-        optimizer.load_state_dict(torch.load(ckpt_dir / f"optimizer.rank{rank}.pt", weights_only=True))
+        if state_format == "accelerate":
+            accelerator.load_state(ckpt_dir / "accelerate")  # weights, optimizer and RNG, each rank its shard
+        else:
+            optimizer.load_state_dict(torch.load(ckpt_dir / f"optimizer.rank{rank}.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(ckpt_dir / "scheduler.pt", weights_only=True))
         _set_rng_state(torch.load(ckpt_dir / f"rng.rank{rank}.pt", weights_only=True))
 
@@ -305,16 +315,20 @@ def fit(
 
     def save_checkpoint(step: int) -> None:
         nonlocal ckpt_dir, last_save
-        weights = trained_weights()
+        weights = trained_weights() if state_format == "own" else None
         # One temp dir for all ranks, named by the main process (unique per process, so never another writer's).
         tmp = root / broadcast_object_list([f".tmp-step-{step}-{os.getpid()}"])[0]
         with _saving(tmp):
             if accelerator.is_main_process:
                 tmp.mkdir(parents=True)
-                save_file(weights, tmp / "model.safetensors")
+                if weights is not None:
+                    save_file(weights, tmp / "model.safetensors")
                 torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             accelerator.wait_for_everyone()
-            torch.save(optimizer.state_dict(), tmp / f"optimizer.rank{rank}.pt")
+            if state_format == "accelerate":
+                accelerator.save_state(tmp / "accelerate", safe_serialization=True)  # collective: every rank writes
+            else:
+                torch.save(optimizer.state_dict(), tmp / f"optimizer.rank{rank}.pt")
             torch.save(_rng_state(), tmp / f"rng.rank{rank}.pt")
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:

@@ -38,9 +38,11 @@ def test_training_reduces_loss(tmp_path):
     assert after < 0.5 * before
 
 
-def test_resume_after_crash_gives_the_same_weights(tmp_path):
+@pytest.mark.parametrize("state", ["own", "accelerate"])
+def test_resume_after_crash_gives_the_same_weights(tmp_path, state):
+    """Either checkpoint state: the trainer's own files, or accelerate's save_state (what FSDP/DeepSpeed get)."""
     # Dropout makes the result depend on the restored RNG state, not just weights and optimizer.
-    reference = fit(toy_task(dropout=0.3), cfg(save_every=2), tmp_path / "straight").model
+    reference = fit(toy_task(dropout=0.3), cfg(save_every=2, checkpoint_state=state), tmp_path / "straight").model
 
     calls = {"n": 0}
 
@@ -51,10 +53,17 @@ def test_resume_after_crash_gives_the_same_weights(tmp_path):
         return mse(model, batch)
 
     with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(toy_task(dropout=0.3, loss=crashing), cfg(save_every=2), tmp_path / "crashed")
-    assert json.loads((tmp_path / "crashed/checkpoints/step-6/state.json").read_text())["step"] == 6
-    resumed = fit(toy_task(dropout=0.3), cfg(save_every=2), tmp_path / "crashed").model
+        fit(toy_task(dropout=0.3, loss=crashing), cfg(save_every=2, checkpoint_state=state), tmp_path / "crashed")
+    step6 = tmp_path / "crashed/checkpoints/step-6"
+    assert json.loads((step6 / "state.json").read_text())["step"] == 6
+    if state == "accelerate":
+        assert {"model.safetensors", "optimizer.bin"} <= {p.name for p in (step6 / "accelerate").iterdir()}
+        assert not (step6 / "model.safetensors").exists()
+    resumed = fit(toy_task(dropout=0.3), cfg(save_every=2, checkpoint_state=state), tmp_path / "crashed").model
     torch.testing.assert_close(flat_params(resumed), flat_params(reference), rtol=0, atol=0)
+    if state == "accelerate":  # a checkpoint is resumed only in the state format it was written in
+        with pytest.raises(UserError, match="checkpoint_state 'accelerate' -> None.*trainer.resume=false"):
+            fit(toy_task(dropout=0.3), cfg(epochs=4, save_every=2, checkpoint_state="own"), tmp_path / "crashed")
 
 
 def test_resume_with_other_settings_is_refused_with_the_way_out(tmp_path):
@@ -108,18 +117,15 @@ def test_best_checkpoint_is_loaded_back(tmp_path):
     torch.testing.assert_close(flat_params(result.model), seen[0.9])
 
 
-def test_ddp_two_processes_match_one_process(tmp_path):
+def ddp_worker(out: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_port=29517",
-        str(REPO / "tests/common/ddp_worker.py"),
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
+    cmd = [*launcher, str(REPO / "tests/common/ddp_worker.py"), str(out), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_ddp_two_processes_match_one_process(tmp_path):
+    proc = ddp_worker(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"params.rank{r}.pt", weights_only=True) for r in (0, 1))
     torch.testing.assert_close(rank0, rank1, rtol=0, atol=0)
@@ -129,6 +135,25 @@ def test_ddp_two_processes_match_one_process(tmp_path):
         tmp_path / "single",
     ).model
     torch.testing.assert_close(rank0, flat_params(single), rtol=1e-5, atol=1e-6)
+
+
+def test_ddp_resumes_from_accelerate_state_to_the_same_weights(tmp_path):
+    """2 gloo ranks, accelerate's save_state inside the crash-safe write: a crash after step 7's checkpoint and a
+    relaunch end with the weights of an uninterrupted 2-rank run (dropout on: each rank's RNG is restored)."""
+    assert ddp_worker(tmp_path / "straight", "accelerate", "0", "0.3").returncode == 0
+    crashed = ddp_worker(tmp_path / "crashed", "accelerate", "7", "0.3")
+    assert crashed.returncode != 0 and "simulated crash" in crashed.stderr
+    assert not (tmp_path / "crashed" / "params.rank0.pt").exists()
+    resumed = ddp_worker(tmp_path / "crashed", "accelerate", "0", "0.3")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "checkpoints/step-7 (step 7 of 15)" in resumed.stdout  # resumed, not started over
+    step7 = tmp_path / "crashed" / "run" / "checkpoints"
+    assert not list(step7.glob(".tmp-*")) and not list(step7.glob(".trash-*"))
+    for r in (0, 1):
+        straight, again = (
+            torch.load(tmp_path / d / f"params.rank{r}.pt", weights_only=True) for d in ("straight", "crashed")
+        )
+        torch.testing.assert_close(again, straight, rtol=0, atol=0)
 
 
 def kill_worker(out: Path, *kill: str) -> subprocess.CompletedProcess:
