@@ -116,6 +116,7 @@ def main() -> None:
     print(f"training runs through the trainer, {args.bags} bags from disk, 1 epoch (incl. validation, checkpoint):")
     for workers, ts in run_ms.items():
         print(f"  trainer.num_workers={workers}: {spread(ts, ' ms per step', 1)}")
+    print(f"  num_workers=0 / num_workers=2: {spread([a / b for a, b in zip(run_ms[0], run_ms[2], strict=True)])}")
     print(f"after: {load()}")
 
 

@@ -22,15 +22,20 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def _process_group():
+    """accelerate's process state, which joins (once) the same process group the trainer uses."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def main_then_wait(fn: Callable[[], None]) -> None:
     """Under torchrun every rank runs the pipeline: the main process runs fn (writes a shared file), the others wait."""
     if world_size() == 1:
         fn()
         return
-    import torch
-    from accelerate import PartialState
-
-    state = PartialState(cpu=not torch.cuda.is_available())  # the same process group the trainer joins
+    state = _process_group()
     if state.is_main_process:
         fn()
     state.wait_for_everyone()
@@ -47,9 +52,8 @@ def shard_map(fn: Callable[[list], Sequence], items: Sequence) -> list[Any]:
     if world == 1:
         return list(fn(list(items)))
     import torch
-    from accelerate import PartialState
 
-    PartialState(cpu=not torch.cuda.is_available())  # the process group the trainer uses
+    _process_group()
     mine = list(items[rank() :: world])
     results = list(fn(mine)) if mine else []
     gathered: list[Any] = [None] * world

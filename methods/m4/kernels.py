@@ -9,6 +9,7 @@ float32 rounding. CUDA, float64 and inputs that are not [N, F] matrices always u
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -29,6 +30,7 @@ def use(setting: str) -> None:
     _setting = setting
 
 
+@functools.cache  # asked on every product: the answer never changes within a process
 def onednn_available() -> bool:
     try:
         return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")

@@ -78,7 +78,7 @@ def eval_log(model, tokenizer, rows: list[dict], name: str, cfg: EvalConfig, *, 
     per_pair = shard_map(
         lambda part: list(zip(*_answer_nll(model, tokenizer, part, family, max_length, cfg.batch_size))), qa
     )
-    nll, count = np.array([p[0] for p in per_pair]), np.array([p[1] for p in per_pair], dtype=np.int64)
+    nll, count = (np.array(column) for column in zip(*per_pair))
     per_token = nll / np.maximum(count, 1)
     gt, base, pert = slice(0, n), slice(n, 2 * n), slice(2 * n, None)
     pert_nll, pert_count, pert_avg = (a[pert].reshape(n, n_pert) for a in (nll, count, per_token))
