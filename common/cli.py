@@ -36,6 +36,9 @@ class Command:
     reads: str = ""  # what it reads
     writes: str = ""  # what it leaves in the run dir (and the cache)
     keys: tuple[str, ...] = ()  # config sections / keys it uses, listed by `<command> --help`
+    # Reads and checks the command's own inputs (files, folders, classes, labels) and raises a UserError naming the
+    # bad one; the CLI runs it before `fn`, so a bad input is reported before any model is loaded or trained.
+    inputs: Callable[[Any], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -217,6 +220,8 @@ def main(method: Method, argv: list[str] | None = None, conf_dir: str = CONF_DIR
             from accelerate.utils import set_seed
 
             set_seed(cfg.seed)
+            if method.commands[name].inputs is not None:
+                method.commands[name].inputs(cfg)
             metrics = method.commands[name].fn(cfg, run_dir) or {}
         except ItemsFailed as e:  # the other items finished: record what they gave, then fail
             metrics, error = e.metrics, e

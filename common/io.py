@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import shutil
+import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,16 +67,66 @@ WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 
 
 def write_error(path: str | Path, e: BaseException) -> UserError:
-    """One line for a write that failed: the path and the reason. Some writers (torch.save) hide a full disk behind
-    their own message, so the free space is checked too (call this before removing the partial files)."""
+    """One line for a write that failed: the path and the reason. A read-only or forbidden place is said as such;
+    some writers (torch.save, safetensors) hide a full disk behind their own message, so the free space is checked
+    too (call this before removing the partial files)."""
+    code = getattr(e, "errno", None)
+    if code == errno.EROFS:
+        return UserError(f"cannot write {path}: read-only file system")
+    if code in (errno.EACCES, errno.EPERM):
+        return UserError(f"cannot write {path}: permission denied")
     why = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines() or [type(e).__name__])[0]
     existing = Path(path)
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
+    if not os.access(existing, os.W_OK):
+        return UserError(f"cannot write {path}: {existing} is read-only or not writable")
     free = shutil.disk_usage(existing).free
     if free < 2**20 and "No space left" not in why:
         why = f"no space left on device ({free} bytes free): {why}"
     return UserError(f"cannot write {path}: {why}")
+
+
+def failed_write(path: str | Path, e: BaseException) -> UserError | None:
+    """The one-line error for `e` if it is a write that failed for lack of space or permission, else None (a bug or a
+    UserError of its own, to be raised as it is). Call it before the partial files are removed."""
+    if isinstance(e, UserError):
+        return None
+    if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+        return write_error(path, e)
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return write_error(path, e) if shutil.disk_usage(existing).free < 2**20 else None
+
+
+def writer_tag() -> str:
+    """`<pid>@<host>` of this process. Temp and trash names end in it, so a later start can tell the leftovers of a
+    writer that died (same host, pid gone) from those of one still at work, here or on another node of a cluster."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def writer_alive(tag: str) -> bool:
+    """Whether the writer named by a tag (`<pid>@<host>`, or a bare `<pid>`) may still be writing. A process on
+    another host cannot be asked, so it counts as alive; so does anything that is not a tag."""
+    pid, _, host = tag.partition("@")
+    if not pid.isdigit() or (host and host != socket.gethostname()):
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's live process
+    return True
+
+
+def remove_dead_leftovers(parent: Path, pattern: str) -> None:
+    """Remove the entries of `parent` matching `pattern` (a glob ending in `-*`) whose writer tag names a dead
+    process: what a killed writer left, never a live writer's work in progress."""
+    for leftover in Path(parent).glob(pattern):
+        if not writer_alive(leftover.name.rsplit("-", 1)[1]):
+            _remove(leftover)
 
 
 def _remove(path: Path) -> None:
@@ -89,25 +140,37 @@ def _remove(path: Path) -> None:
 def atomic_write(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` (write a file or make a directory there); it takes `path`'s place only if
     the block finishes without error, so `path` is always complete or absent. A directory already at `path` is
-    swapped out and then deleted. The temporary name is unique per process. A full disk or a read-only or forbidden
-    place is one UserError naming the path, with the partial output removed."""
+    renamed aside, replaced, then deleted (never deleted first). Temporary names carry the writer's tag: what a
+    killed writer left is removed at the next write, and a previous version it had renamed aside is put back. A full
+    disk or a read-only or forbidden place is one UserError naming the path, with the partial output removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        raise write_error(path, e) from None
+    for old in path.parent.glob(f".{path.name}.old-*"):
+        if not path.exists() and not writer_alive(old.name.rsplit("-", 1)[1]):
+            os.rename(old, path)  # killed between its two renames: the previous version is the complete one
+    remove_dead_leftovers(path.parent, f".{path.name}.old-*")
+    remove_dead_leftovers(path.parent, f".{path.name}.tmp-*")
+    tmp = path.with_name(f".{path.name}.tmp-{writer_tag()}")
     _remove(tmp)
     try:
         yield tmp
         if tmp.is_dir() and path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            old = path.with_name(f".{path.name}.old-{writer_tag()}")
             os.rename(path, old)
             os.rename(tmp, path)
             _remove(old)
         else:
             os.replace(tmp, path)
-    except OSError as e:
-        if e.errno not in WRITE_ERRNOS:
+    except Exception as e:  # noqa: BLE001 - safetensors and torch.save report a full disk in their own types
+        error = failed_write(path, e)
+        if error is None:
             raise
-        raise write_error(path, e) from None
+        raise error from None
     finally:
         _remove(tmp)
 

@@ -230,6 +230,7 @@ import os, sys, time
 from pathlib import Path
 import torch
 import methods.m4.extract as ex
+from common.io import writer_tag
 
 marker = Path(os.environ["M4_TEST_MARKER"])
 original = ex.write_features
@@ -240,7 +241,7 @@ def write_features(features_dir, job, features, encoder=None):
     if len(calls) == 1:
         return original(features_dir, job, features, encoder)
     h5_path, pt_path = ex.output_paths(features_dir, job.slide_id)
-    tmp = lambda p: p.with_name(f".{p.name}.tmp-{os.getpid()}")  # common.io.atomic_write's temporary name
+    tmp = lambda p: p.with_name(f".{p.name}.tmp-{writer_tag()}")  # common.io.atomic_write's temporary name
     pt_path.parent.mkdir(parents=True, exist_ok=True)
     h5_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(torch.from_numpy(features), tmp(pt_path))
