@@ -37,13 +37,18 @@ def opt(
     registry: str | None = None,
     exists: str | None = None,
     key: bool = True,
+    trains: bool = False,
 ) -> Any:
     """A schema field. `ge`/`gt`/`le`/`lt` bound a number (each element of a list), `choices` or `registry` (a kind in
     common.registry) restrict a string (or each element of a list), `exists` names a path kind that must exist; with
     both `choices` and `exists`, a value is one of the choices or else an existing path (`weights: hub | random | file`).
     `key=False` marks a setting that cannot change a stage's output (batch sizes, workers, progress bars), so
-    `common.stages.key_of` leaves it out of cache keys."""
-    meta = dict(doc=doc, ge=ge, gt=gt, le=le, lt=lt, choices=choices, registry=registry, exists=exists, key=key)
+    `common.stages.key_of` leaves it out of cache keys. `trains=True` marks a setting of a method's own sections that
+    shapes what the shared trainer trains (a loss weight, the data a model sees): it joins the resume fingerprint, so
+    a rerun with another value is refused instead of continuing a checkpoint trained with the old one."""
+    meta = dict(
+        doc=doc, ge=ge, gt=gt, le=le, lt=lt, choices=choices, registry=registry, exists=exists, key=key, trains=trains
+    )
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     if dataclasses.is_dataclass(default):
@@ -51,9 +56,10 @@ def opt(
     return field(default=default, metadata=meta)
 
 
-def section(cls: type, doc: str, **kwargs: Any) -> Any:
-    """A nested schema section built from its own defaults (kwargs override some of them)."""
-    return field(default_factory=lambda: cls(**kwargs), metadata=dict(doc=doc, key=True))
+def section(cls: type, doc: str, trains: bool = False, **kwargs: Any) -> Any:
+    """A nested schema section built from its own defaults (kwargs override some of them). `trains=True`: every
+    setting in it shapes training (as `opt(trains=True)` on each)."""
+    return field(default_factory=lambda: cls(**kwargs), metadata=dict(doc=doc, key=True, trains=trains))
 
 
 @dataclass
@@ -89,7 +95,9 @@ class TrainerConfig:
     best_mode: str = opt("max", "whether larger or smaller best_metric is better", choices=("max", "min"))
     seed: int = opt(42, "seed of the data order")
     log_every: int = opt(10, "log the loss every N steps", ge=1, key=False)
-    progress: bool = opt(True, "show a progress bar", key=False)
+    progress: Optional[bool] = opt(
+        None, "show a progress bar; null: when stderr is a terminal (not in logs)", key=False
+    )
     resume: bool = opt(True, "resume from the newest complete checkpoint (refused if settings changed)", key=False)
     checkpoint_state: str = opt(
         "auto",

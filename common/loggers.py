@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
 from common.config import LoggerConfig
 from common.dist import is_main_process
+
+
+def show_progress(setting: bool | None) -> bool:
+    """A progress bar's setting: null means on where a person watches (stderr is a terminal), off in a job's log."""
+    return sys.stderr.isatty() if setting is None else setting
 
 
 class Logger(Protocol):

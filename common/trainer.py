@@ -35,7 +35,7 @@ from common.checkpoint import without_shared
 from common.config import TrainerConfig
 from common.errors import UserError
 from common.io import write_error
-from common.loggers import Logger, NullLogger
+from common.loggers import Logger, NullLogger, show_progress
 from common.stages import key_data
 
 __all__ = ["Task", "FitResult", "TrainerConfig", "NonFiniteLoss", "fit", "batches_for_step"]
@@ -367,7 +367,7 @@ def fit(
 
     model.train()
     progress = tqdm(
-        total=total_steps, initial=state["step"], disable=not (cfg.progress and accelerator.is_main_process)
+        total=total_steps, initial=state["step"], disable=not (show_progress(cfg.progress) and accelerator.is_main_process)
     )
     running: float | None = None
     last_save = time.monotonic()

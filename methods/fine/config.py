@@ -148,7 +148,6 @@ class FineConfig(BaseConfig):
         warmup_steps=10,
         save_every=100000,
         resume=False,
-        progress=False,
         log_every=50,
     )
     data: DataConfig = section(DataConfig, "the safety questions")

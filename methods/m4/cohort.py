@@ -16,6 +16,7 @@ from pathlib import Path
 
 from common.errors import UserError
 from common.items import Outcome, reason, run_each
+from common.loggers import show_progress
 from common.stages import run_stage, stage_path
 from methods.m4 import data as m4data
 from methods.m4.config import M4Config
@@ -108,7 +109,9 @@ def extract_slides(cfg: M4Config, paths: Paths, slides: list[Path]) -> list[Outc
             f"extract: {len(jobs)} slides, {sum(len(j.coords) for j in jobs)} patches, {cfg.extract.backbone} "
             f"({backbone.dim}-d) -> {paths.features_dir}"
         )
-        outcomes += extract(jobs, backbone, paths.features_dir, cfg.extract, progress=cfg.trainer.progress)
+        outcomes += extract(
+            jobs, backbone, paths.features_dir, cfg.extract, progress=show_progress(cfg.trainer.progress)
+        )
     return outcomes
 
 
