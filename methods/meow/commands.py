@@ -134,9 +134,8 @@ def eval(cfg: MeowConfig, run_dir: Path) -> dict[str, float]:  # noqa: A001 - th
 
 def score_logs(cfg: MeowConfig, run_dir: Path) -> dict[str, float]:
     """Model utility, and forget quality against eval.retain_log, of TOFU logs alone (eval.run_logs); no model."""
-    reference = tofu_eval.load_forget_log(cfg.eval.retain_log, cfg.eval.max_rows) if cfg.eval.retain_log else None
-    result = tofu_eval.aggregate(tofu_eval.load_logs(cfg.eval.run_logs), reference)
-    if reference is None:
+    result = tofu_eval.score_logs(cfg.eval.run_logs, cfg.eval.retain_log, cfg.eval.max_rows)
+    if not cfg.eval.retain_log:
         print("no eval.retain_log given: model utility only, no forget quality")
     print("\n" + tofu_eval.table(tofu_eval.flat({cfg.eval.run_logs: result})) + "\n")
     return result

@@ -17,6 +17,7 @@ Logs are TOFU's files, key for key (`average_perturb_loss`, ...), so TOFU's publ
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -209,15 +210,17 @@ def _checked(log: dict, where: str) -> dict:
     return log
 
 
-def load_logs(path: str | Path, names: tuple[str, ...] = tuple(EVAL_SETS)) -> dict[str, dict]:
+def load_logs(
+    path: str | Path, names: tuple[str, ...] = tuple(EVAL_SETS), max_rows: int | None = None
+) -> dict[str, dict]:
     """The named sets' logs of a TOFU run: a folder holding the per-set files (eval_log.json, eval_log_forget.json,
     eval_real_author_wo_options.json, eval_real_world_wo_options.json) or eval_log_aggregated.json, or the
-    aggregated file itself; for one set, also that set's own file."""
+    aggregated file itself; for one set, also that set's own file. Every set is cut to its first `max_rows` rows."""
     path = Path(path)
     if path.is_dir():
         files = [path / EVAL_SETS[n][0] for n in names]
         if all(f.is_file() for f in files):
-            return {n: _checked(_read(f), str(f)) for n, f in zip(names, files, strict=True)}
+            return {n: _cut(_checked(_read(f), str(f)), max_rows) for n, f in zip(names, files, strict=True)}
         if not (path / AGGREGATED).is_file():
             want = ", ".join(EVAL_SETS[n][0] for n in names)
             raise UserError(f"{path}: no TOFU eval logs in it (want {want}, or {AGGREGATED})")
@@ -226,19 +229,97 @@ def load_logs(path: str | Path, names: tuple[str, ...] = tuple(EVAL_SETS)) -> di
         raise UserError(f"{path}: TOFU eval log not found")
     data = _read(path)
     if len(names) == 1 and EVAL_SETS[names[0]][0] not in data and "avg_gt_loss" in data:
-        return {names[0]: _checked(data, str(path))}  # the set's own file, under whatever name
+        return {names[0]: _cut(_checked(data, str(path)), max_rows)}  # the set's own file, under whatever name
     for n in names:
         if EVAL_SETS[n][0] not in data:
             raise UserError(f"{path}: no '{EVAL_SETS[n][0]}' in it (want TOFU's {AGGREGATED} or a run folder)")
-    return {n: _checked(data[EVAL_SETS[n][0]], f"{path}: {EVAL_SETS[n][0]}") for n in names}
+    return {n: _cut(_checked(data[EVAL_SETS[n][0]], f"{path}: {EVAL_SETS[n][0]}"), max_rows) for n in names}
+
+
+def _cut(log: dict, max_rows: int | None) -> dict:
+    """The log's first `max_rows` rows in every per-row field, as TOFU's ds_size cap selects them."""
+    if not max_rows:
+        return log
+    return {k: dict(list(v.items())[:max_rows]) if isinstance(v, dict) else v for k, v in log.items()}
 
 
 def load_forget_log(path: str | Path, max_rows: int | None = None) -> dict:
     """The retain model's forget-set log (the forget-quality reference), cut to its first `max_rows` rows."""
-    log = load_logs(path, ("forget",))["forget"]
-    if max_rows:
-        log = {k: dict(list(v.items())[:max_rows]) if isinstance(v, dict) else v for k, v in log.items()}
-    return log
+    return load_logs(path, ("forget",), max_rows)["forget"]
+
+
+# TOFU's prompts (evaluate_util.py run_generation: the input decoded without special tokens): Llama-2
+# "[INST] q [/INST]", Phi "Question: q\n" (ours: "Question: q\nAnswer: "); any other template is kept whole.
+_PROMPTS = (
+    re.compile(r"^\s*\[INST\](.*)\[/INST\]\s*$", re.S),
+    re.compile(r"^\s*Question:(.*?)(?:\nAnswer:\s*)?$", re.S),
+)
+
+
+def _question(prompt: str) -> str:
+    for template in _PROMPTS:
+        if m := template.match(prompt):
+            return m.group(1).strip()
+    return prompt.strip()
+
+
+def questions(log: dict) -> list[str] | None:
+    """The questions of a log's rows, in order, when the log records them: TOFU's `generated_text` holds per row
+    [prompt, generated answer, true answer], the prompt wrapping the question in the model's template."""
+    texts = log.get("generated_text")
+    if not isinstance(texts, dict) or not texts:
+        return None
+    if not all(isinstance(t, list | tuple) and t and isinstance(t[0], str) for t in texts.values()):
+        return None
+    return [_question(t[0]) for t in texts.values()]
+
+
+def _short(text: str, n: int = 60) -> str:
+    return repr(text if len(text) <= n else text[: n - 3] + "...")
+
+
+def check_same_questions(log: dict, reference: dict, where: str, reference_where: str) -> None:
+    """Forget quality compares row sets: refuse (one line naming both) a reference of other questions.
+
+    TOFU's forget log is keyed by the row index ("0", "1", ...), so the keys alone cannot tell forget01 from the first
+    40 rows of forget10. Both TOFU's logs and ours record each row's prompt in `generated_text`: when both logs carry
+    it, the questions are compared (whitespace ignored, since TOFU's prompts are re-decoded token ids); otherwise
+    the row count and the index keys in order."""
+    ours, theirs = questions(log), questions(reference)
+    by = "questions"
+    if ours is None or theirs is None:
+        ours, theirs, by = list(log["average_perturb_loss"]), list(reference["average_perturb_loss"]), "row keys"
+    both = f"{where} and {reference_where}"
+    if len(ours) != len(theirs):
+        raise UserError(
+            f"{both}: forget sets of different sizes ({len(ours)} vs {len(theirs)} rows); "
+            "the retain log must come from the same forget split (and eval.max_rows)"
+        )
+
+    def key(text: str) -> str:
+        return "".join(text.split())
+
+    a, b = [key(q) for q in ours], [key(q) for q in theirs]
+    if a == b:
+        return
+    if sorted(a) == sorted(b):
+        raise UserError(f"{both}: the same forget-set {by} in another order; the rows must pair up")
+    i = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+    raise UserError(
+        f"{both}: forget-set {by} differ from row {i} ({_short(ours[i])} vs {_short(theirs[i])}); "
+        "the retain log must come from the same forget split"
+    )
+
+
+def score_logs(run_logs: str | Path, retain_log: str | Path | None, max_rows: int | None = None) -> dict[str, float]:
+    """`aggregate` of a TOFU run's logs, each set cut to `max_rows` rows, with forget quality against the retain
+    model's forget log (cut alike, and of the same questions) when one is given."""
+    logs = load_logs(run_logs, max_rows=max_rows)
+    reference = None
+    if retain_log:
+        reference = load_forget_log(retain_log, max_rows)
+        check_same_questions(logs["forget"], reference, f"eval.run_logs={run_logs}", f"eval.retain_log={retain_log}")
+    return aggregate(logs, reference)
 
 
 # The paper's table: one row per model, from results.json's flat `<model>/<metric>` names.

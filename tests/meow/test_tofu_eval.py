@@ -15,7 +15,7 @@ from common.config import compose
 from common.errors import UserError
 from methods.meow import commands, tofu_eval
 from methods.meow.config import EvalConfig
-from tests.helpers import REPO
+from tests.helpers import REPO, run_method
 
 
 def log(gt, para, pert, rouge):
@@ -85,15 +85,18 @@ TOFU_KEYS = [
 ]
 
 
-def tofu_file(gt: float, para: float, pert: list[list[float]], rouge: float) -> dict:
+def tofu_file(gt: float, para: float, pert: list[list[float]], rouge: float, prompts: list[str] | None = None) -> dict:
     """A TOFU eval log of len(pert) rows as TOFU's evaluate_util.py writes it: {key: {"<row>": value}}, with the
-    same avg_gt_loss, avg_paraphrased_loss and ROUGE-L recall on every row and 4 tokens in every answer."""
+    same avg_gt_loss, avg_paraphrased_loss and ROUGE-L recall on every row and 4 tokens in every answer. The
+    prompts recorded in generated_text (TOFU: the decoded input, "[INST] <question> [/INST]" for Llama-2) are
+    given, or the same on every row."""
     rows = {str(i): p for i, p in enumerate(pert)}
+    prompts = prompts or ["[INST] Who wrote it? [/INST]"] * len(pert)
     return {
         "avg_gt_loss": {i: gt for i in rows},
         "gt_loss": {i: 4 * gt for i in rows},
         "num_token_gt": {i: 4 for i in rows},
-        "generated_text": {i: ["[INST] Who wrote it? [/INST]", "Jane Doe wrote it.", "Jane Doe"] for i in rows},
+        "generated_text": {i: [q, "Jane Doe wrote it.", "Jane Doe"] for i, q in zip(rows, prompts, strict=True)},
         "rouge1_recall": {i: rouge for i in rows},
         "rougeL_recall": {i: rouge for i in rows},
         "average_perturb_loss": rows,
@@ -109,17 +112,17 @@ def tofu_file(gt: float, para: float, pert: list[list[float]], rouge: float) -> 
 LN2, LN6 = math.log(2), math.log(6)
 
 
-def tofu_run(forget_ratios: list[float]) -> dict[str, dict]:
+def tofu_run(forget_ratios: list[float], forget_prompts: list[str] | None = None) -> dict[str, dict]:
     """A TOFU run's four files (file name -> log). Retain: ROUGE 0.5, prob 0.5, R = 2 -> truth ratio 0.5. Real
     authors / world facts: ROUGE 0.5, true answer's share 0.5 / (0.5 + 3 x 1/6) = 0.5, R = 3 -> 2/3. The forget
-    set's truth ratios R are given."""
+    set's truth ratios R (and optionally its prompts) are given."""
     general = tofu_file(LN2, LN2, [[LN6] * 3] * 3, 0.5)
     general["normalized_gt_loss"] = {i: LN2 for i in general["avg_gt_loss"]}
     return {
         "eval_log.json": tofu_file(LN2, 1.0, [[1 + LN2] * 5] * 3, 0.5),
         "eval_real_author_wo_options.json": general,
         "eval_real_world_wo_options.json": general,
-        "eval_log_forget.json": tofu_file(LN2, 0.0, [[math.log(r)] * 5 for r in forget_ratios], 1.0),
+        "eval_log_forget.json": tofu_file(LN2, 0.0, [[math.log(r)] * 5 for r in forget_ratios], 1.0, forget_prompts),
     }
 
 
@@ -149,6 +152,70 @@ def test_score_reads_tofu_logs_without_a_model(tmp_path, aggregated):
     cfg = compose("meow", f"eval.run_logs={run}", f"eval.retain_log={tmp_path / 'alone.json'}")
     assert commands.score_logs(cfg, tmp_path / "out")["forget_quality"] == pytest.approx(0.1)
     assert "forget_quality" not in commands.score_logs(compose("meow", f"eval.run_logs={run}"), tmp_path / "out")
+
+
+def llama2_prompts(questions: list[str]) -> list[str]:
+    return [f"[INST] {q} [/INST]" for q in questions]
+
+
+FORGET = [f"What did author {i} write?" for i in range(6)]
+
+
+def test_score_max_rows_cuts_the_scored_logs_as_well_as_the_retain_log(tmp_path):
+    """eval.max_rows=3 on 6-row logs: the metrics of both sides cut by hand to their first 3 rows."""
+    run_files = tofu_run([1, 2, 3, 10, 20, 30], llama2_prompts(FORGET))
+    retain_files = tofu_run([4, 5, 6, 7, 8, 9], llama2_prompts(FORGET))
+    run, retain = write_run(tmp_path / "run", run_files, False), write_run(tmp_path / "retain", retain_files, True)
+    # The same logs with the forget sets' first 3 rows only (the other sets have 3 rows).
+    by_hand = write_run(tmp_path / "run3", tofu_run([1, 2, 3], llama2_prompts(FORGET[:3])), False)
+    retain_by_hand = write_run(tmp_path / "retain3", tofu_run([4, 5, 6], llama2_prompts(FORGET[:3])), False)
+    cfg = compose("meow", f"eval.run_logs={run}", f"eval.retain_log={retain}", "eval.max_rows=3")
+    m = commands.score_logs(cfg, tmp_path / "out")
+    expected = commands.score_logs(
+        compose("meow", f"eval.run_logs={by_hand}", f"eval.retain_log={retain_by_hand}"), tmp_path / "out"
+    )
+    assert m == pytest.approx(expected)
+    assert m["forget_quality"] == pytest.approx(0.1)  # [1, 2, 3] vs [4, 5, 6]: fully separated, 3 vs 3
+    assert m["forget/truth_ratio"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+
+
+def test_score_refuses_a_retain_log_of_other_questions(tmp_path):
+    """A retain log of another forget split: one line naming both logs and what differs, exit 2, nothing scored."""
+    run = write_run(tmp_path / "run", tofu_run([1, 2, 3, 4, 5, 6], llama2_prompts(FORGET)), aggregated=False)
+    other_split = write_run(tmp_path / "forget01", tofu_run([4, 5, 6], llama2_prompts(FORGET[:3])), aggregated=True)
+    proc = run_method(
+        "meow", "score", f"eval.run_logs={run}", f"eval.retain_log={other_split}", f"hydra.run.dir={tmp_path / 'o'}"
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert str(run) in lines[0] and str(other_split) in lines[0] and "6 vs 3 rows" in lines[0], lines[0]
+    assert not (tmp_path / "o" / "results.json").exists()
+
+    def refused(name: str, retain_prompts: list[str]) -> str:
+        retain = write_run(tmp_path / name, tofu_run([4, 5, 6, 7, 8, 9], retain_prompts), aggregated=True)
+        with pytest.raises(UserError) as e:
+            tofu_eval.score_logs(run, retain)
+        assert str(run) in str(e.value) and str(retain) in str(e.value)
+        return str(e.value)
+
+    # Same count, other questions (forget01 against the first 40 rows of forget10 looks like this): by the texts.
+    other = [*FORGET[:4], "Where was author 9 born?", FORGET[5]]
+    expected = "forget-set questions differ from row 4 ('What did author 4 write?' vs 'Where was author 9 born?')"
+    assert expected in refused("other", llama2_prompts(other))
+    assert "another order" in refused("reversed", llama2_prompts(FORGET[::-1]))
+    # Phi as TOFU records it ("Question: q\n") and as we do ("Question: q\nAnswer: ") ask the same questions.
+    phi_run = write_run(tmp_path / "phi", tofu_run([1, 2, 3], [f"Question: {q}\nAnswer: " for q in FORGET[:3]]), True)
+    phi_tofu = write_run(tmp_path / "phi_tofu", tofu_run([4, 5, 6], [f"Question: {q}\n" for q in FORGET[:3]]), True)
+    assert tofu_eval.score_logs(phi_run, phi_tofu)["forget_quality"] == pytest.approx(0.1)
+    # Logs that record no prompts: the row count and the index keys.
+    lg = log(gt=[0.0] * 3, para=[0.0] * 3, pert=[[0.0]] * 3, rouge=[0.0] * 3)
+    with pytest.raises(UserError, match=r"^a and b: forget sets of different sizes \(3 vs 2 rows\)"):
+        tofu_eval.check_same_questions(
+            lg, log(gt=[0.0] * 2, para=[0.0] * 2, pert=[[0.0]] * 2, rouge=[0.0] * 2), "a", "b"
+        )
+    shifted = {k: {str(int(i) + 1): v for i, v in values.items()} for k, values in lg.items()}
+    with pytest.raises(UserError, match="forget-set row keys differ from row 0"):
+        tofu_eval.check_same_questions(lg, shifted, "a", "b")
 
 
 def test_unreadable_tofu_logs_are_named(tmp_path):
