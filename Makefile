@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 M ?=
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-gpu clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ lint: install
 
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Every GPU bench within 8 minutes on one GPU, one table at the end ("no CUDA" rows and exit 0 without a GPU).
+bench-gpu: install
+	PY=$(PY) bash bench/gpu_all.sh
 
 clean:
 	rm -rf outputs multirun .cache

@@ -8,6 +8,7 @@ Goals: fits in 40 GB with checkpointing on; MFU >= 35%.
 
     python bench/gpu_unlearning.py                       # on a CUDA device; without one it says so and exits 0
     python bench/gpu_unlearning.py --tiny --device cpu   # the same code on a tiny shape, to check that it runs
+    python bench/gpu_unlearning.py --json figures.json   # also the figures as JSON (bench/gpu_all.sh reads them)
 
 Model FLOPs per step = 6 N T (N: parameters outside the embeddings, T: tokens): the policy's forward (2 N T), the
 backward to its activations (2 N T; the frozen base needs no weight gradients) and the reference forward (2 N T).
@@ -22,6 +23,8 @@ import sys
 import time
 
 import torch
+
+from common.bench import Figures
 
 # Dense bf16 peaks (TFLOP/s, no sparsity) by device name.
 PEAKS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "4090": 165.0}
@@ -110,10 +113,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--prompts", type=int, default=32, help="generation: prompts of 64 tokens, 64 new tokens each")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak; default by name")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
+    figures = Figures(args.json, "gpu_unlearning")
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device present: the GPU figures need one (run on a GPU machine); nothing measured")
+        figures.note("no CUDA")
         return 0
     cuda = args.device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -124,6 +130,7 @@ def main(argv: list[str]) -> int:
     print(
         f"device: {name}; dtype {dtype}; shape {'tiny' if args.tiny else 'Llama-2-7B'}; seq {seq}, batch {args.batch}"
     )
+    figures.device(f"{name}; {'tiny' if args.tiny else 'Llama-2-7B'} shape, seq {seq}, batch {args.batch}")
 
     torch.manual_seed(0)
     model = build(shape, args.device, dtype)
@@ -137,6 +144,7 @@ def main(argv: list[str]) -> int:
             times, peak_gb = unlearning_steps(model, batch, args.steps, checkpointing, args.device)
         except torch.cuda.OutOfMemoryError:
             print(f"{label}: out of memory")
+            figures.add(f"step, {label.strip()}", "out of memory")
             torch.cuda.empty_cache()
             continue
         step = statistics.median(times)
@@ -146,12 +154,20 @@ def main(argv: list[str]) -> int:
             f"{tokens / step:,.0f} tokens/s, peak {peak_gb:.1f} GB (goal <= 40 with checkpointing), "
             f"MFU {mfu:.1%} (goal >= 35%; peak {peak} TFLOP/s)"
         )
+        on = label.strip()
+        figures.spread(f"step, {on}", [t * 1e3 for t in times], "ms")
+        figures.add(f"throughput, {on}", tokens / step, "tokens/s")
+        figures.add(f"peak memory, {on}", peak_gb, "GB", "<= 40" if checkpointing else "")
+        figures.add(f"MFU, {on}", mfu * 100, f"% of {peak} TFLOP/s" if peak else "% (peak unknown)", ">= 35")
 
     prompts = torch.randint(3, shape["vocab_size"], (args.prompts, 64), device=args.device)
     new = 8 if args.tiny else 64
     single = generation(model, 0, prompts[: max(2, args.prompts // 8)], new, batch_size=1)
     batched = generation(model, 0, prompts, new, batch_size=args.prompts)
     print(f"generation: batched {batched:,.0f} tokens/s, one at a time {single:,.0f} tokens/s: {batched / single:.1f}x")
+    figures.add(f"generation, batched ({args.prompts} prompts)", batched, "tokens/s")
+    figures.add("generation, one at a time", single, "tokens/s")
+    figures.add("generation, batched / one at a time", batched / single, "x")
     return 0
 
 

@@ -15,6 +15,7 @@ larger of reading / workers and the encoder alone, and on a CPU, where readers a
 the encoder's own throughput and >= 2x the CLAM-style loop. Without CUDA the GPU figures (default there: a ViT-L/16-shaped encoder
 at 224 px) are not measured, and the bench says so.
 Usage: python bench/m4_extract.py [--size 6144] [--backbone resnet18] [--input-size 112] [--workers N] [--repeats 5]
+       [--json PATH]   (also the figures as JSON, which bench/gpu_all.sh reads)
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 import openslide
 import torch
 
-from common.bench import load, spread
+from common.bench import Figures, load, spread
 from methods.m4.config import ExtractConfig, TileConfig
 from methods.m4.encoders import build_backbone
 from methods.m4.extract import Embedder, PatchDataset, SlideJob, default_workers, extract, output_paths
@@ -90,11 +91,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: extract's own choice)")
     parser.add_argument("--streams", type=int, default=None, help="CPU batches in flight (default: one per core)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
+    figures = Figures(args.json, "m4_extract")
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda and args.device != "cpu" else "cpu")
     if args.device == "cuda" and not cuda:
         print("no CUDA device: the GPU figures are not measured")
+        figures.note("no CUDA")
         return
     gpu = device.type == "cuda"
     backbone_name = args.backbone or ("vit_large_patch16_224" if gpu else "resnet18")
@@ -166,9 +170,12 @@ def main() -> None:
         f"{n} patches, {backbone_name} at {backbone.input_size} px, batch {args.batch_size}, {workers} loader "
         f"workers, {embed.depth - 1 if embed.pool else 1} embedding stream(s), {args.repeats} interleaved repeats"
     )
+    gpu_name = f"{torch.cuda.get_device_name()}; " if gpu else "CPU; "
+    figures.device(f"{gpu_name}{n} patches, {backbone_name} at {backbone.input_size} px, {workers} loader workers")
     for name in names:
         rates = [n / t for t in wall[name]]
         print(f"  {name:<10} {spread(wall[name], ' s', 2)}; {statistics.median(rates):.0f} patches/s")
+        figures.spread(f"{name} throughput", rates, "patches/s")
     repeats = range(args.repeats)
     # The CLAM-style loop's own bound: its reading hidden behind its backbone.
     clam_bound = [wall["CLAM-style"][r] / max(wall["CLAM-style"][r] - clam_model[r], clam_model[r]) for r in repeats]
@@ -191,6 +198,8 @@ def main() -> None:
     if gpu:
         print(f"extract / encoder alone (throughput): {spread(vs_encoder)}  goal >= 0.8")
         print(f"extract / CLAM-style (throughput): {spread(vs_clam)}  goal >= 2x")
+        figures.spread("extract / encoder alone", vs_encoder, "x", ">= 0.8")
+        figures.spread("extract / CLAM-style", vs_clam, "x", ">= 2")
     else:
         of_clam = [v / b for v, b in zip(vs_clam, clam_bound, strict=True)]
         of_own = [b / t for b, t in zip(bounds, wall["extract"], strict=True)]
@@ -200,9 +209,14 @@ def main() -> None:
             f"goal >= 0.9: {goal}"
         )
         print(f"extract / this pipeline's bound: {spread(of_own)}; extract / encoder alone: {spread(vs_encoder)}")
+        figures.spread("extract / CLAM-style", vs_clam, "x")
+        figures.spread("extract speedup / CLAM-style's overlap bound", of_clam, "x", ">= 0.9")
+        figures.spread("extract / this pipeline's bound", of_own, "x")
     with h5py.File(output_paths(work / "features0", "slide")[0]) as f:
         reference = clam_style(path, job, clam_backbone, backbone.input_size, args.batch_size, device)
-        print(f"max |features extract - CLAM-style| = {np.abs(f['features'][:] - reference).max():.2e}")
+        diff = float(np.abs(f["features"][:] - reference).max())
+        print(f"max |features extract - CLAM-style| = {diff:.2e}")
+        figures.add("max abs difference, extract vs CLAM-style features", diff)
     print(f"after: {load()}")
 
 

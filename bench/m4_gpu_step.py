@@ -8,6 +8,7 @@ training runs through the trainer reading bags from disk, with and without DataL
 
 Without CUDA it says so and exits 0; `--device cpu --tiny` runs the same code on a small bag (a smoke test).
 Usage: python bench/m4_gpu_step.py [--instances 10000] [--features 1024] [--bags 32] [--repeats 3] [--device cpu --tiny]
+       [--json PATH]   (also the figures as JSON, which bench/gpu_all.sh reads)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.bench import load, spread
+from common.bench import Figures, load, spread
 from common.config import compose
 from methods.m4 import data as m4data
 from methods.m4.extract import output_paths
@@ -56,9 +57,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--tiny", action="store_true", help="a 500 x 64 bag, 4 bags: checks the code, not the GPU")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
+    figures = Figures(args.json, "m4_gpu_step")
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: the M4 GPU step figures are not measured (--device cpu --tiny runs the code on a CPU)")
+        figures.note("no CUDA")
         return
     if args.tiny:
         args.instances, args.features, args.bags = 500, 64, 4
@@ -67,6 +71,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"before: {load()}; torch {torch.__version__}; {name}")
+    figures.device(f"{name}; bag {args.instances} x {args.features}, {args.bags} bags, {args.repeats} repeats")
 
     torch.manual_seed(0)
     default = m4(feat_input=args.features, tasks=10).to(device)
@@ -83,8 +88,10 @@ def main() -> None:
     print(f"M4 training step, bag {args.instances} x {args.features}, 10 genes, bf16 autocast on CUDA:")
     for key, ts in times.items():
         print(f"  {key}: {spread(ts, ' ms', 1)}")
+        figures.spread(f"step, {key}", ts, "ms")
     ratios = [s / d for s, d in zip(times["one after another"], times["default (batched)"], strict=True)]
     print(f"  one-after-another / default: {spread(ratios)}")
+    figures.spread("step, one after another / default", ratios, "x")
 
     work = Path(tempfile.mkdtemp())
     rng = np.random.default_rng(0)
@@ -116,7 +123,10 @@ def main() -> None:
     print(f"training runs through the trainer, {args.bags} bags from disk, 1 epoch (incl. validation, checkpoint):")
     for workers, ts in run_ms.items():
         print(f"  trainer.num_workers={workers}: {spread(ts, ' ms per step', 1)}")
-    print(f"  num_workers=0 / num_workers=2: {spread([a / b for a, b in zip(run_ms[0], run_ms[2], strict=True)])}")
+        figures.spread(f"trainer run, num_workers={workers}", ts, "ms/step")
+    worker_ratios = [a / b for a, b in zip(run_ms[0], run_ms[2], strict=True)]
+    print(f"  num_workers=0 / num_workers=2: {spread(worker_ratios)}")
+    figures.spread("trainer run, num_workers=0 / num_workers=2", worker_ratios, "x")
     print(f"after: {load()}")
 
 
