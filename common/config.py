@@ -210,9 +210,9 @@ def _check_value(name: str, value: Any, meta: dict, paths: bool) -> None:
     if meta.get("choices"):
         valid = list(meta["choices"])
     elif meta.get("registry"):
-        from common.registry import names
+        from common.registry import declared
 
-        valid = names(meta["registry"])
+        valid = list(declared(meta["registry"]))
     kind = meta.get("exists")
     if valid is not None and value in valid:
         return

@@ -10,6 +10,9 @@ from typing import List, Optional
 
 from common.config import PATH, BaseConfig, TrainerConfig, opt, section
 from common.errors import UserError
+from common.registry import declare
+
+NETS = declare("dqmq.net", ("digits_cnn", "resnet20", "resnet18", "mobilenetv2_100"), module="methods.dqmq.nets")
 
 CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "jpeg", "downsample")  # as methods/dqmq/data.py (not imported:
 METHODS = ("dqmq", "fp", "fixed", "static")  # the config module must not import the modules that build things)
@@ -50,9 +53,7 @@ class DataConfig:
 
 @dataclass
 class NetConfig:
-    arch: str = opt(
-        "digits_cnn", "digits_cnn, resnet20 (CIFAR), resnet18 / mobilenetv2_100 (timm)", registry="dqmq.net"
-    )
+    arch: str = opt("digits_cnn", "digits_cnn, resnet20 (CIFAR), resnet18 / mobilenetv2_100 (timm)", registry=NETS)
     width: int = opt(16, "digits_cnn / resnet20: channels of the first stage", ge=1)
     pretrained: bool = opt(False, "timm archs: start from timm's ImageNet weights (hub; needs the internet)")
 

@@ -14,6 +14,9 @@ from typing import Dict, List, Optional
 from common.chat import EndpointConfig
 from common.config import PATH, BaseConfig, ModelConfig, TrainerConfig, opt, section
 from common.errors import UserError
+from common.registry import declare
+
+JUDGES = declare("fine.judge", ("llm", "guardrank", "flames"), module="methods.fine.judge")  # registered there
 
 # A model name standing for the demo's tiny chat model, fitted to the synthetic questions (methods/fine/synthetic.py).
 SYNTHETIC = "synthetic"
@@ -79,7 +82,7 @@ class JudgeConfig:
         "llm",
         "llm: a chat model asked for [[safe]] / [[unsafe]] (chat.*); guardrank, flames: a scorer trained by "
         "methods.guardrank / methods.flames (scorer)",
-        registry="fine.judge",
+        registry=JUDGES,
     )
     chat: ChatConfig = section(
         ChatConfig,

@@ -10,6 +10,9 @@ from typing import List, Optional
 
 from common.config import PATH, BaseConfig, TrainerConfig, opt, section
 from common.errors import UserError
+from common.registry import declare
+
+MODELS = declare("m4.model", ("m4", "mmoe", "amil"), module="methods.m4.model")  # registered there
 
 SEGMENTS = 4  # M4's proxy segments (methods/m4/model.py): the hidden width must split into them
 GEMMS = ("auto", "native", "onednn")  # CPU matrix products of M4's large layers (methods/m4/kernels.py)
@@ -120,7 +123,7 @@ class MilConfig:
 
 @dataclass
 class TrainConfig:
-    models: List[str] = opt(["m4", "mmoe", "amil"], "models to train (amil: once per gene)", registry="m4.model")
+    models: List[str] = opt(["m4", "mmoe", "amil"], "models to train (amil: once per gene)", registry=MODELS)
     protocol: str = opt(
         "official",
         "official: fixed test set + repeated train/val splits; kfold: stratified patient folds",
@@ -171,7 +174,7 @@ class EvalConfig:
 @dataclass
 class HeatmapConfig:
     run_dir: Optional[str] = opt(None, "a train run dir; null: the latest under outputs/m4/train", exists=PATH)
-    model: str = opt("m4", "trained multi-gene model whose attention is shown (m4 or mmoe)", registry="m4.model")
+    model: str = opt("m4", "trained multi-gene model whose attention is shown (m4 or mmoe)", registry=MODELS)
     split: int = opt(0, "which split's model", ge=0)
     slides: List[str] = opt([], "slide ids; empty: the first max_slides test slides of the split")
     max_slides: int = opt(2, "test slides shown when slides is empty", ge=1)

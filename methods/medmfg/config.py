@@ -12,9 +12,12 @@ from typing import List, Optional
 
 from common.config import PATH, BaseConfig, TrainerConfig, opt, section
 from common.errors import UserError
+from common.registry import declare
 from methods.medmfg.data import OFFLINE, check_counts, load_domain
 
+# The methods compared (methods/medmfg/baselines.py registers each), all by default.
 METHODS = ["protonet", "logreg", "tukey", "dc", "medmfg", "protonet+medmfg", "logreg+medmfg", "dc+medmfg"]
+METHOD_KIND = declare("medmfg.method", METHODS, module="methods.medmfg.baselines")
 
 
 @dataclass
@@ -91,7 +94,7 @@ class CalibrationConfig:
 
 @dataclass
 class EvalConfig:
-    methods: List[str] = opt(METHODS, "methods on the same cached features and episodes", registry="medmfg.method")
+    methods: List[str] = opt(METHODS, "methods on the same cached features and episodes", registry=METHOD_KIND)
     ways: int = opt(5, "N of N-way episodes", ge=2)
     shots: List[int] = opt([1, 5], "K of K-shot episodes, one table column each", ge=1)
     queries: int = opt(15, "query images per class (BSCD-FSL: 15)", ge=1)

@@ -2,7 +2,7 @@
 
 conf/meow.yaml and the presets in conf/experiment/meow/ hold only choices that differ from these defaults. The
 domain modules receive these sections as they are (`score_rows(model, tok, rows, cfg.memo)`); this file imports none
-of them, so the loss and inverter names are checked against the registry they fill.
+of them: it declares the loss and inverter names, which losses.py and invert.py register.
 """
 
 from __future__ import annotations
@@ -13,6 +13,15 @@ from typing import List, Optional
 from common.chat import EndpointConfig
 from common.config import MODEL, PATH, BaseConfig, ModelConfig, TrainerConfig, opt, section
 from common.errors import UserError
+from common.registry import declare
+
+# The names settings choose from, each registered by the module named (imported only when one is used).
+LOSSES = declare(
+    "meow.loss",
+    ("ga", "gd", "kl", "idk", "dpo", "npo", "npo+gd", "npo+kl", "meow", "meow+gd", "meow+kl", "meow+dpo"),
+    module="methods.meow.losses",
+)
+INVERTERS = declare("meow.inverter", ("template", "hf", "openai"), module="methods.meow.invert")
 
 
 @dataclass
@@ -68,7 +77,7 @@ class InvertConfig:
     generator: str = opt(
         "template",
         "template (offline fact swaps), hf (local instruct model) or openai (any compatible server)",
-        registry="meow.inverter",
+        registry=INVERTERS,
     )
     n: int = opt(4, "inverted answers asked for per question", ge=1)
     model: str = opt("", "hf: local path or hub name of an instruct model")
@@ -160,8 +169,8 @@ class MeowConfig(BaseConfig):
     data: DataConfig = section(DataConfig, "TOFU data")
     model: ModelConfig = section(ModelConfig, "the language model (fine-tuned into the target, then unlearned)")
     finetune: FinetuneConfig = section(FinetuneConfig, "target and retain models")
-    method: str = opt("meow", "the unlearning method", registry="meow.loss")
-    compare: List[str] = opt([], "more methods unlearned and evaluated in the same run", registry="meow.loss")
+    method: str = opt("meow", "the unlearning method", registry=LOSSES)
+    compare: List[str] = opt([], "more methods unlearned and evaluated in the same run", registry=LOSSES)
     invert: InvertConfig = section(InvertConfig, "inverted facts")
     memo: MemoConfig = section(MemoConfig, "MEMO scores")
     select: SelectConfig = section(SelectConfig, "selection of inverted facts")

@@ -15,7 +15,7 @@ import torch
 from common.checkpoint import load_module, save_module
 from common.config import MODEL, PATH, opt, section, validate
 from common.errors import UserError
-from common.registry import create, names, register
+from common.registry import create, declare, names, register
 from common.stages import key_of, run_stage, stage_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ class Demo:
     kinds: List[str] = opt(["a"], "choices in a list", choices=("a", "b"))
     weights: Optional[str] = opt(None, "a file", exists=PATH)
     checkpoint: str = opt("org/name", "hub id or local dir", exists=MODEL)
-    net: str = opt("tiny", "a registered net", registry="test.net")
+    net: str = opt("tiny", "a registered net", registry=declare("test.net", ("tiny",), module=__name__))
 
 
 @register("test.net", "tiny")
