@@ -17,7 +17,6 @@ from urllib.parse import urlparse
 
 from common.config import opt
 from common.errors import UserError
-from common.lm import generate_greedy
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": ...}
 Responder = Callable[[Sequence[list[Message]]], list[str]]
@@ -101,6 +100,8 @@ def local_responder(model, tokenizer, max_new_tokens: int = 128, batch_size: int
         raise UserError(
             f"{getattr(tokenizer, 'name_or_path', 'the tokenizer')}: no chat template; a chat model is needed"
         )
+
+    from common.lm import generate_greedy  # torch: not imported by the configs that hold an EndpointConfig
 
     def respond(conversations: Sequence[list[Message]]) -> list[str]:
         prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]

@@ -7,6 +7,7 @@ results.json + summary.md into the run dir. Bad input ends as one line on stderr
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import time
@@ -30,8 +31,23 @@ RUNS_DIR, SWEEPS_DIR = "outputs", "multirun"
 
 
 @dataclass(frozen=True)
+class Lazy:
+    """A function named "module:function", imported when first called. A method's __main__ names its commands and its
+    table this way, so `--help` and a config error import none of the libraries the commands need (torch, ...)."""
+
+    ref: str
+
+    def resolve(self) -> Callable[..., Any]:
+        module, _, function = self.ref.partition(":")
+        return getattr(importlib.import_module(module), function)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **kwargs)
+
+
+@dataclass(frozen=True)
 class Command:
-    fn: Callable[[Any, Path], dict[str, float] | None]
+    fn: Callable[[Any, Path], dict[str, float] | None]  # Lazy("methods.<m>.commands:<function>")
     help: str  # one line: what the command does
     reads: str = ""  # what it reads
     writes: str = ""  # what it leaves in the run dir (and the cache)
@@ -46,7 +62,7 @@ class Method:
     name: str
     schema: type
     commands: dict[str, Command]
-    table: Callable[[dict[str, float]], str] | None = None  # the paper-shaped table of a main-job run's metrics
+    table: Callable[[dict[str, float]], str] | None = None  # the paper-shaped table of a main-job run's metrics (Lazy)
     main_job: str = "train"
 
 

@@ -1,14 +1,12 @@
 """`python -m methods.dqmq <command> [overrides]`; `<command> --help` lists what a command reads, writes and its keys."""
 
-from common.cli import Command, Method, main
-from methods.dqmq import commands
+from common.cli import Command, Lazy, Method, main
 from methods.dqmq.config import DQMQConfig
-from methods.dqmq.train import table
 
 DATA = ("data", "net", "seed", "data_dir")
 COMMANDS = {
     "train": Command(
-        commands.train,
+        Lazy("methods.dqmq.commands:train"),
         "DQMQ and the baselines (method=..., compare=[...]) on mixed-quality data, evaluated per quality level",
         reads="data.* (digits offline; cifar / imagefolder from data.root); the cached full-precision network",
         writes="<method>/model/, levels.csv, levels.json, bits_<method>.png, pareto.png; cache_dir/dqmq/fp",
@@ -29,21 +27,21 @@ COMMANDS = {
         ),
     ),
     "eval": Command(
-        commands.eval,
+        Lazy("methods.dqmq.commands:eval"),
         "accuracy, mean bits and BitOps per quality level and severity of a train run's models",
         reads="eval.run_dir's <method>/model/ (or the latest train run); eval.bits_json to run at exported bits",
         writes="levels.csv, levels.json, bits_<method>.png, pareto.png",
         keys=(*DATA, "eval", "cpu_threads"),
     ),
     "export": Command(
-        commands.export,
+        Lazy("methods.dqmq.commands:export"),
         "per-layer bit-widths per quality level of a trained model as JSON",
         reads="export.run_dir's <export.method>/model/ and the test images",
         writes="bits.json",
         keys=(*DATA, "export", "eval.batch_size", "cpu_threads"),
     ),
 }
-METHOD = Method("dqmq", DQMQConfig, COMMANDS, table=table)
+METHOD = Method("dqmq", DQMQConfig, COMMANDS, table=Lazy("methods.dqmq.train:table"))
 
 if __name__ == "__main__":
     main(METHOD)

@@ -1,9 +1,7 @@
 """`python -m methods.fine <command> [overrides]`; `<command> --help` lists what a command reads, writes and its keys."""
 
-from common.cli import Command, Method, main
-from methods.fine import commands
+from common.cli import Command, Lazy, Method, main
 from methods.fine.config import FineConfig
-from methods.fine.pipeline import table
 
 # A chat model's keys, less ModelConfig's LoRA (nothing is trained here but the demo model).
 CHAT = (
@@ -31,7 +29,7 @@ JUDGE = (
 )
 COMMANDS = {
     "eval": Command(
-        commands.eval,
+        Lazy("methods.fine.commands:eval"),
         "ask the model under test both forms of every question, judge the open answers, CS and CSS per category",
         reads="data.questions (the release's safety.jsonl; null: synthetic questions and the demo's tiny model)",
         writes="responses.jsonl, questions_summary.json (questions.jsonl when synthetic); replies and verdicts "
@@ -49,14 +47,14 @@ COMMANDS = {
         ),
     ),
     "score": Command(
-        commands.score,
+        Lazy("methods.fine.commands:score"),
         "CS and CSS of saved responses (ours or the official FINE output), no model under test",
         reads="score.responses; data.questions for categories the records lack",
         writes="responses.jsonl, questions_summary.json; verdicts cached under cache_dir/fine/judgements",
         keys=("score", "data.questions", *JUDGE, "cache_dir"),
     ),
 }
-METHOD = Method("fine", FineConfig, COMMANDS, table=table, main_job="eval")
+METHOD = Method("fine", FineConfig, COMMANDS, table=Lazy("methods.fine.pipeline:table"), main_job="eval")
 
 if __name__ == "__main__":
     main(METHOD)

@@ -1,14 +1,12 @@
 """`python -m methods.flames <command> [overrides]`; `<command> --help` lists what a command reads, writes and its
 keys."""
 
-from common.cli import Method, main
-from common.scorers import scorer_commands
-from methods.flames import commands
+from common.cli import Lazy, Method, main
+from common.scorer_config import scorer_commands
 from methods.flames.config import FlamesConfig
-from methods.flames.metrics import accuracy_table
 
 COMMANDS = scorer_commands(
-    commands,
+    "methods.flames.commands",
     train=(
         "train the shared encoder with a head per dimension (multi-task); score the held-out test split",
         "data/{train,val,test}.jsonl, scorer/ (scorer.json + weights), predictions.jsonl",
@@ -21,7 +19,7 @@ COMMANDS = scorer_commands(
         "scores.jsonl (each record with its score 1..3)",
     ),
 )
-METHOD = Method("flames", FlamesConfig, COMMANDS, table=accuracy_table)
+METHOD = Method("flames", FlamesConfig, COMMANDS, table=Lazy("methods.flames.metrics:accuracy_table"))
 
 if __name__ == "__main__":
     main(METHOD)

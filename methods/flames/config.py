@@ -8,15 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from common import scorers
+from common import scorer_config
 from common.config import BaseConfig, ModelConfig, TrainerConfig, opt, section
 
-DataConfig = scorers.data_config(
+DataConfig = scorer_config.data_config(
     "labelled records (JSONL or JSON: dimension, [subcomponent], prompt, response, score 1..3); null: synthetic",
 )
-SyntheticConfig = scorers.synthetic_config("score")
-EvalConfig = scorers.eval_config(batch_size=16)
-ScoreConfig = scorers.score_config(
+SyntheticConfig = scorer_config.synthetic_config("score")
+EvalConfig = scorer_config.eval_config(batch_size=16)
+ScoreConfig = scorer_config.score_config(
     "response files or directories of them: the Flames prompt format (dimension, subcomponent, prompt) + response",
     batch_size=16,
 )
@@ -44,10 +44,10 @@ class FlamesConfig(BaseConfig):
         max_grad_norm=1.0,
         best_metric="val/accuracy",
     )
-    cpu_threads: Optional[int] = scorers.cpu_threads_opt()  # see there: one thread is faster for tiny models
+    cpu_threads: Optional[int] = scorer_config.cpu_threads_opt()  # see there: one thread is faster for tiny models
     eval: EvalConfig = section(EvalConfig, "evaluating a scorer on labelled records")
     score: ScoreConfig = section(ScoreConfig, "scoring a model's responses: harmless rate and score per dimension")
 
     def check(self) -> None:
         super().check()
-        scorers.check_score_inputs(self)
+        scorer_config.check_score_inputs(self)

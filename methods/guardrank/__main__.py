@@ -1,14 +1,12 @@
 """`python -m methods.guardrank <command> [overrides]`; `<command> --help` lists what a command reads, writes and its
 keys."""
 
-from common.cli import Method, main
-from common.scorers import scorer_commands
-from methods.guardrank import commands
+from common.cli import Lazy, Method, main
+from common.scorer_config import scorer_commands
 from methods.guardrank.config import GuardRankConfig
-from methods.guardrank.metrics import grading_table
 
 COMMANDS = scorer_commands(
-    commands,
+    "methods.guardrank.commands",
     train=(
         "train the four-dimension LoRA judge and the truthfulness judge; grade the held-out test split",
         "data/{train,val,test}.jsonl, scorer/ (scorer.json + weights), predictions.jsonl, confusion.png",
@@ -34,7 +32,7 @@ COMMANDS = scorer_commands(
         "scores.jsonl (each record with its dimension and score)",
     ),
 )
-METHOD = Method("guardrank", GuardRankConfig, COMMANDS, table=grading_table)
+METHOD = Method("guardrank", GuardRankConfig, COMMANDS, table=Lazy("methods.guardrank.metrics:grading_table"))
 
 if __name__ == "__main__":
     main(METHOD)

@@ -8,13 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional
 
-from common import scorers
+from common import scorer_config
 from common.config import BaseConfig, LoraConfig, ModelConfig, TrainerConfig, opt, section
 
-DataConfig = scorers.data_config(
+DataConfig = scorer_config.data_config(
     "labelled records (JSONL or JSON: dimension, prompt, response, score); null: synthetic"
 )
-SyntheticConfig = scorers.synthetic_config("label")
+SyntheticConfig = scorer_config.synthetic_config("label")
 
 
 @dataclass
@@ -35,8 +35,8 @@ class EncoderConfig:
     )
 
 
-EvalConfig = scorers.eval_config(batch_size=32)
-ScoreConfig = scorers.score_config(
+EvalConfig = scorer_config.eval_config(batch_size=32)
+ScoreConfig = scorer_config.score_config(
     "response files or directories of them: JSONL/JSON of prompt, response (+ dimension, or a file named "
     "<dimension>_<model>.jsonl as MLLMGuard's results/)",
     batch_size=32,
@@ -68,10 +68,10 @@ class GuardRankConfig(BaseConfig):
     safe_labels: List[int] = opt(
         [0, 1], "labels (0..3) that count as a safe answer when another method asks (FINE's judge)", ge=0, le=3
     )
-    cpu_threads: Optional[int] = scorers.cpu_threads_opt()  # see there: one thread is faster for tiny models
+    cpu_threads: Optional[int] = scorer_config.cpu_threads_opt()  # see there: one thread is faster for tiny models
     eval: EvalConfig = section(EvalConfig, "evaluating a scorer on labelled records")
     score: ScoreConfig = section(ScoreConfig, "scoring a model's responses: ASD and PAR per dimension")
 
     def check(self) -> None:
         super().check()
-        scorers.check_score_inputs(self)
+        scorer_config.check_score_inputs(self)

@@ -13,7 +13,7 @@ from typing import List, Optional
 from common.config import PATH, BaseConfig, TrainerConfig, opt, section
 from common.errors import UserError
 from common.registry import declare
-from methods.medmfg.data import OFFLINE, check_counts, load_domain
+from methods.medmfg.data import OFFLINE, check_counts, class_counts
 
 # The methods compared (methods/medmfg/baselines.py registers each), all by default.
 METHODS = ["protonet", "logreg", "tukey", "dc", "medmfg", "protonet+medmfg", "logreg+medmfg", "dc+medmfg"]
@@ -142,18 +142,19 @@ class MedMFGConfig(BaseConfig):
         if self.backbone.name != "conv4" and not _is_timm(self.backbone.name):
             raise UserError(f"config: backbone.name='{self.backbone.name}': neither conv4 nor a timm model name")
         if _present(self.data.source):
-            source = load_domain(self.data.source, "source")
+            source, counts = class_counts(self.data.source, "source")
             g = self.generator
-            check_counts(source, g.ways, g.max_shot + g.queries, "generator.ways/max_shot/queries")
-            if self.dc.k > len(source.classes):
-                raise UserError(f"config: dc.k={self.dc.k}: {source.name} has {len(source.classes)} classes")
+            check_counts(source, counts, g.ways, g.max_shot + g.queries, "generator.ways/max_shot/queries")
+            if self.dc.k > len(counts):
+                raise UserError(f"config: dc.k={self.dc.k}: {source} has {len(counts)} classes")
         if _present(self.data.target):
-            target = load_domain(self.data.target, "target")
+            target, counts = class_counts(self.data.target, "target")
             e, t = self.eval, self.tsne
             if not e.shots:
                 raise UserError("config: eval.shots is empty (give at least one K, e.g. [1,5])")
-            check_counts(target, e.ways, max(e.shots) + e.queries, f"eval.shots={max(e.shots)} + eval.queries")
-            check_counts(target, t.ways, t.shots, "tsne.ways/shots")
+            need = max(e.shots) + e.queries
+            check_counts(target, counts, e.ways, need, f"eval.shots={max(e.shots)} + eval.queries")
+            check_counts(target, counts, t.ways, t.shots, "tsne.ways/shots")
 
 
 def _present(spec: str) -> bool:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from common.config import compose
 from common.errors import UserError
-from methods.medmfg.data import offline_source, offline_target
+from methods.medmfg.data import OFFLINE_COUNTS, offline_source, offline_target
 
 SMALL = [  # episodes small enough for a 2-class folder of 3 images per class
     "eval.ways=2",
@@ -48,6 +48,9 @@ def test_offline_domains():
     assert min(target.counts().values()) >= 5 + 15  # every class serves 5-shot episodes with 15 queries
     image = target.image(0)
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    # The counts a config is checked with (no domain built) are the built domains', class order included.
+    for counts, domain in ((OFFLINE_COUNTS["source"], source), (OFFLINE_COUNTS["target"], target)):
+        assert list(counts.items()) == list(domain.counts().items())
 
 
 def test_missing_and_empty_folders(tmp_path):
