@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import importlib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from common.errors import UserError
 
@@ -72,10 +74,28 @@ def opt(
     return field(default=default, metadata=meta)
 
 
-def section(cls: type, doc: str, trains: bool = False, **kwargs: Any) -> Any:
+def section(
+    cls: type,
+    doc: str,
+    trains: bool = False,
+    *,
+    evaluates: tuple[str, ...] | None = None,
+    transformers: bool | None = None,
+    **kwargs: Any,
+) -> Any:
     """A nested schema section built from its own defaults (kwargs override some of them). `trains=True`: every
-    setting in it shapes training (as `opt(trains=True)` on each)."""
-    return field(default_factory=lambda: cls(**kwargs), metadata=dict(doc=doc, key=True, trains=trains))
+    setting in it shapes training (as `opt(trains=True)` on each).
+
+    A TrainerConfig section also says what the training it configures is, so its settings are checked when the config
+    is composed: `evaluates`, the metric names its task's evaluate() returns (`()`: it evaluates nothing), which
+    `best_metric` must be one of; `transformers`, whether the model it trains is a transformers model, which
+    `gradient_checkpointing` needs. Left out (None), that setting is not checked."""
+    meta = dict(doc=doc, key=True, trains=trains)
+    if evaluates is not None:
+        meta["evaluates"] = tuple(evaluates)
+    if transformers is not None:
+        meta["transformers"] = transformers
+    return field(default_factory=lambda: cls(**kwargs), metadata=meta)
 
 
 @dataclass
@@ -246,10 +266,43 @@ def check(obj: Any, prefix: str = "", paths: bool = True) -> None:
         name = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
             check(value, name + ".", paths)
+            if isinstance(value, TrainerConfig):
+                _check_trainer(value, name, dict(f.metadata), paths)
         else:
             _check_value(name, value, dict(f.metadata), paths)
     if hasattr(obj, "check"):
         obj.check()
+
+
+def _check_trainer(t: TrainerConfig, at: str, meta: dict, device: bool) -> None:
+    """A trainer section's settings against the training it configures (declared by `section(...)`) and, with
+    `device`, against this machine."""
+    evaluates = meta.get("evaluates")
+    if t.best_metric is not None and evaluates is not None and t.best_metric not in evaluates:
+        valid = f"one of {', '.join(evaluates)}, or null" if evaluates else "null: this training evaluates nothing"
+        raise UserError(f"config: {at}.best_metric={t.best_metric}: not a metric this training evaluates; use {valid}")
+    if t.gradient_checkpointing and meta.get("transformers") is False:
+        raise UserError(
+            f"config: {at}.gradient_checkpointing=true: the model this trains is not a transformers model, which "
+            "gradient checkpointing needs; set it to false"
+        )
+    if device and t.mixed_precision in ("fp16", "bf16"):
+        problem = _precision_problem(t.mixed_precision)
+        if problem:
+            raise UserError(f"config: {at}.mixed_precision={t.mixed_precision}: {problem}")
+
+
+def _precision_problem(precision: str) -> str | None:
+    """Why this machine cannot train in `precision` (fp16 or bf16), or None. torch is imported only here."""
+    import torch
+
+    if not torch.cuda.is_available():
+        if precision == "fp16":  # accelerate would train in fp32 without a word: it has no fp16 autocast on CPUs
+            return "fp16 needs a CUDA GPU and none is visible here; use bf16 (CPUs autocast to it) or no"
+        return None  # bf16 autocast runs on CPUs
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        return f"this GPU ({torch.cuda.get_device_name()}) cannot compute in bf16; use fp16 or no"
+    return None
 
 
 def validate(cfg: DictConfig | dict, schema: type, paths: bool = True) -> Any:
@@ -264,9 +317,7 @@ def validate(cfg: DictConfig | dict, schema: type, paths: bool = True) -> Any:
         OmegaConf.resolve(merged)
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"config: {first}" + (f" (key: {key})" if key and key not in first else "")) from None
+        raise UserError(composition_error(e, schema)) from None
     check(obj, paths=paths)
     return obj
 
@@ -290,6 +341,99 @@ def field_docs(schema: type, prefix: str = "") -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Composition errors as one line: the key, and what it takes
+
+
+def composition_error(e: BaseException, schema: type) -> str:
+    """A Hydra or OmegaConf error met while composing or merging into `schema`, as one `config: ...` line naming the
+    key: a wrong type says the type the schema expects, an unknown key the closest valid one."""
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    cause: BaseException | None = e
+    while cause is not None and getattr(cause, "full_key", None) is None:
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return f"config: {first}"
+    key = str(cause.full_key)
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+        return f"config: {key}: unknown key{_closest(key, schema)}"
+    expected = _expected(_declared_type(schema, key)) if isinstance(cause, ValidationError) else None
+    if expected is None:
+        return f"config: {first}" + (f" (key: {key})" if key not in first else "")
+    return f"config: {key}={_typed(getattr(cause, 'value', None))}: expected {expected}"
+
+
+def _closest(key: str, schema: type) -> str:
+    """The nearest valid key beside an unknown one (the first unknown part of a dotted key is what OmegaConf names)."""
+    docs = field_docs(schema)
+    known = set(docs) | {k.rsplit(".", i)[0] for k in docs for i in range(1, k.count(".") + 1)}
+    parent, _, name = key.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == parent}
+    match = difflib.get_close_matches(name, sorted(siblings), n=1, cutoff=0.6)
+    if match:
+        return f"; did you mean {siblings[match[0]]}?"
+    return "; `<command> --help` lists the keys"
+
+
+def _declared_type(schema: type, key: str) -> Any:
+    """The type annotation of a dotted key (`quant.bits[1]`: an element of a list), or None if not declared."""
+    index = "[" in key
+    tp: Any = schema
+    for part in key.split("[")[0].split("."):
+        tp = _unwrap_optional(tp)[0]
+        if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
+            return None
+        try:
+            tp = typing.get_type_hints(tp).get(part)
+        except NameError:
+            return None
+    if index:
+        args = typing.get_args(_unwrap_optional(tp)[0])
+        tp = args[0] if typing.get_origin(tp) in (list, List) and args else None
+    return tp
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Union and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else tp), True
+    return tp, False
+
+
+def _expected(tp: Any, plural: bool = False) -> str | None:
+    """What a value of type `tp` is, in words ("a float", "a list of integers, e.g. [1,2]")."""
+    if tp is None:
+        return None
+    tp, optional = _unwrap_optional(tp)
+    words = {int: ("an integer", "integers"), float: ("a float", "floats"), str: ("a string", "strings")}
+    words[bool] = ("true or false", "booleans")
+    origin = typing.get_origin(tp)
+    if tp in words:
+        text = words[tp][plural]
+    elif origin in (list, List):
+        inner = _expected(typing.get_args(tp)[0], plural=True) if typing.get_args(tp) else None
+        text = f"a list{f' of {inner}' if inner else ''}, e.g. [a,b]"
+    elif origin in (dict, Dict):
+        text = "a mapping, e.g. {key: value}"
+    elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        text = "a section: set its keys one by one (<section>.<key>=value)"
+    else:
+        return None
+    return f"{text} or null" if optional and not plural else text
+
+
+def _typed(value: Any) -> str:
+    """A value as it is typed in an override."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_typed(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_typed(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Composition
 
 
@@ -299,14 +443,19 @@ def method_spec(method: str):
 
 
 def compose_raw(name: str, schema: type, overrides: list[str], conf_dir: str) -> DictConfig:
-    """conf/<name>.yaml composed by Hydra with the schema as its base, not yet validated."""
+    """conf/<name>.yaml composed by Hydra with the schema as its base, not yet validated; an error is a one-line
+    UserError naming the key (composition_error)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.config_store import ConfigStore
+    from hydra.errors import HydraException
 
     ConfigStore.instance().store(name=f"{name}_schema", node=schema)
-    with initialize_config_dir(config_dir=conf_dir, version_base=None):
-        return hydra_compose(config_name=name, overrides=overrides)
+    try:
+        with initialize_config_dir(config_dir=conf_dir, version_base=None):
+            return hydra_compose(config_name=name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise UserError(composition_error(e, schema)) from None
 
 
 def compose(method: str, *overrides: str, conf_dir: str | None = None, paths: bool = True) -> Any:

@@ -213,6 +213,7 @@ def fit(
 ) -> FitResult:
     """Train task.model; checkpoints and metrics go under out_dir. Resumes from out_dir/checkpoints/last if present."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
     from transformers import get_scheduler
 
@@ -226,9 +227,16 @@ def fit(
     if cfg.best_mode not in ("max", "min"):
         raise UserError(f"trainer.best_mode: '{cfg.best_mode}' is neither max nor min")
 
+    precision = _precision(cfg.mixed_precision)
+    # accelerate keeps the first precision of a process in a shared state and refuses another one, but one run may
+    # train twice with different ones (DQMQ: pretrain.trainer, then trainer): that state is reset, the process group
+    # kept. Under DeepSpeed the precision is the engine's config, which accelerate does not compare.
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision") != precision and shared.get("deepspeed_plugins") is None:
+        AcceleratorState._reset_state()
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # without it accelerate ignores torchrun on CPU-only hosts (no gloo DDP)
-        mixed_precision=_precision(cfg.mixed_precision),
+        mixed_precision=precision,
         # accelerate owns accumulation: it skips the gradient sync of all but the last micro-batch under DDP/FSDP,
         # scales the loss, and under DeepSpeed lets the engine accumulate and step itself.
         gradient_accumulation_steps=cfg.grad_accum,

@@ -106,7 +106,11 @@ class StaticConfig:
 @dataclass
 class PretrainConfig:
     trainer: TrainerConfig = section(
-        TrainerConfig, "training of the full-precision network every quantized one starts from (cached)", lr=1e-3
+        TrainerConfig,
+        "training of the full-precision network every quantized one starts from (cached)",
+        evaluates=(),
+        transformers=False,
+        lr=1e-3,
     )
 
 
@@ -130,7 +134,11 @@ class ExportConfig:
 @dataclass
 class DQMQConfig(BaseConfig):
     trainer: TrainerConfig = section(
-        TrainerConfig, "training of every method from the full-precision network (QAT for the quantized ones)", lr=1e-3
+        TrainerConfig,
+        "training of every method from the full-precision network (QAT for the quantized ones)",
+        evaluates=(),
+        transformers=False,
+        lr=1e-3,
     )
     method: str = opt("dqmq", "the method trained: dqmq, or a baseline fp | fixed | static", choices=METHODS)
     compare: List[str] = opt([], "more methods trained and evaluated in the same run", choices=METHODS)

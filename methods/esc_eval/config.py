@@ -117,7 +117,7 @@ class RoleConfig:
     model: ModelConfig = _chat_model(
         "Qwen/Qwen1.5-14B-Chat", "ESC-Role's base (the release: a 14B qwen2 chat model)", r=8, alpha=16, dropout=0.0
     )
-    trainer: TrainerConfig = section(TrainerConfig, "ESC-Role's fine-tuning", **_SFT)
+    trainer: TrainerConfig = section(TrainerConfig, "ESC-Role's fine-tuning", evaluates=(), transformers=True, **_SFT)
     trained: Optional[str] = opt(
         None,
         "a trained ESC-Role (a train-role output, or haidequanbu/ESC-Role); null: train-role's for these settings, "
@@ -204,7 +204,9 @@ MODELS_OF = {
 
 @dataclass
 class EscEvalConfig(BaseConfig):
-    trainer: TrainerConfig = section(TrainerConfig, "ESC-RANK's fine-tuning (ESC-Role's: role.trainer)", **_SFT)
+    trainer: TrainerConfig = section(
+        TrainerConfig, "ESC-RANK's fine-tuning (ESC-Role's: role.trainer)", evaluates=(), transformers=True, **_SFT
+    )
     data: DataConfig = section(DataConfig, "input files; null ones are synthetic")
     synthetic: SyntheticConfig = section(SyntheticConfig, "the synthetic set")
     dialogue: DialogueConfig = section(DialogueConfig, "the role-play protocol")

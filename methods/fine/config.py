@@ -145,6 +145,8 @@ class FineConfig(BaseConfig):
     trainer: TrainerConfig = section(
         TrainerConfig,
         "fitting the demo's tiny chat model (the synthetic model under test and judge) to its planted replies",
+        evaluates=(),
+        transformers=True,
         epochs=20.0,  # fewer (14 at lr 5e-3, tried) leave the swapped-order answers half learned
         batch_size=16,
         lr=4e-3,

@@ -36,6 +36,8 @@ class FlamesConfig(BaseConfig):
     trainer: TrainerConfig = section(
         TrainerConfig,
         "the multi-task trainer",
+        evaluates=("val/accuracy",),  # flames.py's evaluation on the validation records
+        transformers=True,
         lr=1e-5,
         epochs=3.0,
         batch_size=2,

@@ -16,6 +16,9 @@ DataConfig = scorer_config.data_config(
 )
 SyntheticConfig = scorer_config.synthetic_config("label")
 
+# What each judge's evaluation on the validation records returns (guardrank.py: label_metrics, prefixed val/).
+VAL_METRICS = ("val/accuracy", "val/macro_f1")
+
 
 @dataclass
 class EncoderConfig:
@@ -26,6 +29,8 @@ class EncoderConfig:
     trainer: TrainerConfig = section(
         TrainerConfig,
         "its trainer",
+        evaluates=VAL_METRICS,
+        transformers=True,
         lr=2e-6,
         epochs=10.0,
         batch_size=16,
@@ -58,6 +63,8 @@ class GuardRankConfig(BaseConfig):
     trainer: TrainerConfig = section(
         TrainerConfig,
         "trainer of the four-dimension judge",
+        evaluates=VAL_METRICS,
+        transformers=True,
         lr=1e-4,
         epochs=3.0,
         batch_size=8,

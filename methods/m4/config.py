@@ -188,6 +188,8 @@ class M4Config(BaseConfig):
     trainer: TrainerConfig = section(
         TrainerConfig,
         "the shared trainer",
+        evaluates=("val_mean_auc",),  # train.py's validation score, which also picks the best epoch
+        transformers=False,
         epochs=32.0,
         batch_size=1,
         lr=1e-4,

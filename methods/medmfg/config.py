@@ -77,6 +77,8 @@ class GeneratorConfig:
     trainer: TrainerConfig = section(
         TrainerConfig,
         "the generator's training on source episodes (re-representation + CVAE)",
+        evaluates=(),
+        transformers=False,
         batch_size=8,
         lr=1e-3,
         optimizer="adam",
@@ -117,6 +119,8 @@ class MedMFGConfig(BaseConfig):
     trainer: TrainerConfig = section(
         TrainerConfig,
         "the backbone's pretraining on the source classes",
+        evaluates=("source_val_acc",),  # backbone.py: accuracy on held-out source images
+        transformers=False,
         epochs=100.0,
         batch_size=64,
         lr=1e-3,

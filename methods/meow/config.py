@@ -66,7 +66,10 @@ class FinetuneConfig:
         None, "an already trained retain model; null: train one on data.retain_split", exists=MODEL
     )
     trainer: TrainerConfig = section(
-        TrainerConfig, "full fine-tuning of the target and retain models (LoRA is for unlearning)"
+        TrainerConfig,
+        "full fine-tuning of the target and retain models (LoRA is for unlearning)",
+        evaluates=(),
+        transformers=True,
     )
 
 
@@ -166,6 +169,9 @@ class EvalConfig:
 @dataclass
 class MeowConfig(BaseConfig):
     # In pipeline order: data and models, the method, its inputs (inverted facts, MEMO, selection), its loss, evaluation.
+    trainer: TrainerConfig = section(
+        TrainerConfig, "unlearning: the method's loss on forget and retain items", evaluates=(), transformers=True
+    )
     data: DataConfig = section(DataConfig, "TOFU data")
     model: ModelConfig = section(ModelConfig, "the language model (fine-tuned into the target, then unlearned)")
     finetune: FinetuneConfig = section(FinetuneConfig, "target and retain models")
