@@ -20,11 +20,12 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from common.config import as_dict, compose_raw, field_docs, validate
-from common.dist import export_slurm_distributed_env, is_main_process
+from common.dist import export_slurm_distributed_env, hold_run_dir, is_main_process
 from common.errors import UserError
 from common.io import WRITE_ERRNOS, write_error
 from common.items import ItemsFailed
 from common.results import write_results
+from common.stages import running
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 RUNS_DIR, SWEEPS_DIR = "outputs", "multirun"
@@ -219,9 +220,13 @@ def main(method: Method, argv: list[str] | None = None, conf_dir: str = CONF_DIR
     if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
         overrides.append(f"hydra.sweep.dir={SWEEPS_DIR}/{method.name}/{name}/${{now:%Y-%m-%d_%H-%M-%S}}")
     sweep = "-m" in flags or "--multirun" in flags
-    _check_writable(
-        next(o for o in overrides if o.startswith(f"hydra.{'sweep' if sweep else 'run'}.dir=")).split("=", 1)[1]
-    )
+    out_dir = next(o for o in overrides if o.startswith(f"hydra.{'sweep' if sweep else 'run'}.dir=")).split("=", 1)[1]
+    _check_writable(out_dir)
+    if not sweep and "${" not in out_dir:  # one writer per run dir, before Hydra writes .hydra/ there
+        try:
+            hold_run_dir(out_dir)
+        except UserError as e:
+            fail(str(e))
 
     import hydra
     from hydra.core.hydra_config import HydraConfig
@@ -233,12 +238,14 @@ def main(method: Method, argv: list[str] | None = None, conf_dir: str = CONF_DIR
             cfg = validate(raw, method.schema)
             export_slurm_distributed_env()
             run_dir = Path(HydraConfig.get().runtime.output_dir)
+            hold_run_dir(run_dir)  # a sweep's job (its dir is known only now); a no-op where main() holds it
             from accelerate.utils import set_seed
 
             set_seed(cfg.seed)
             if method.commands[name].inputs is not None:
                 method.commands[name].inputs(cfg)
-            metrics = method.commands[name].fn(cfg, run_dir) or {}
+            with running(cfg):
+                metrics = method.commands[name].fn(cfg, run_dir) or {}
         except ItemsFailed as e:  # the other items finished: record what they gave, then fail
             metrics, error = e.metrics, e
         except UserError as e:

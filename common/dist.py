@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,3 +97,38 @@ def export_slurm_distributed_env() -> None:
         from submitit.helpers import TorchDistributedEnvironment
 
         TorchDistributedEnvironment().export()
+
+
+_HELD: dict[str, Any] = {}  # run dirs this process holds: their open lock files (flock is per open file)
+
+
+def hold_run_dir(run_dir: str | Path) -> None:
+    """Make this job the one writer of a run dir for as long as the process lives; a second job on it (a sweep
+    launched twice, a rerun while the first still runs) stops with one line naming the holder, before it writes.
+
+    Taken by the main process only (the ranks of one torchrun job share their run dir). The lock is an flock on
+    `<run_dir>/.lock`, released by the kernel when the holder dies, so a killed job's rerun is never refused."""
+    from common.errors import UserError
+    from common.io import writer_tag
+
+    path = Path(run_dir).absolute()
+    if not is_main_process() or str(path) in _HELD:
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    f = open(path / ".lock", "a+")  # noqa: SIM115 - held open until the process ends
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise UserError(
+            f"run dir {run_dir} is in use by another job ({holder}); wait for it to end or give this run another "
+            "hydra.run.dir"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    pid, _, host = writer_tag().partition("@")
+    f.write(f"pid {pid} on host {host}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    _HELD[str(path)] = f

@@ -106,6 +106,12 @@ def writer_tag() -> str:
     return f"{os.getpid()}@{socket.gethostname()}"
 
 
+def tag_of(name: str) -> str:
+    """The writer tag a temp name ends in (`...-<pid>@<host>`, a host may hold dashes; or an older `...-<pid>`)."""
+    head, at, host = name.rpartition("@")
+    return f"{head.rsplit('-', 1)[-1]}@{host}" if at else name.rsplit("-", 1)[-1]
+
+
 def writer_alive(tag: str) -> bool:
     """Whether the writer named by a tag (`<pid>@<host>`, or a bare `<pid>`) may still be writing. A process on
     another host cannot be asked, so it counts as alive; so does anything that is not a tag."""
@@ -125,7 +131,7 @@ def remove_dead_leftovers(parent: Path, pattern: str) -> None:
     """Remove the entries of `parent` matching `pattern` (a glob ending in `-*`) whose writer tag names a dead
     process: what a killed writer left, never a live writer's work in progress."""
     for leftover in Path(parent).glob(pattern):
-        if not writer_alive(leftover.name.rsplit("-", 1)[1]):
+        if not writer_alive(tag_of(leftover.name)):
             _remove(leftover)
 
 
@@ -151,7 +157,7 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
             raise
         raise write_error(path, e) from None
     for old in path.parent.glob(f".{path.name}.old-*"):
-        if not path.exists() and not writer_alive(old.name.rsplit("-", 1)[1]):
+        if not path.exists() and not writer_alive(tag_of(old.name)):
             os.rename(old, path)  # killed between its two renames: the previous version is the complete one
     remove_dead_leftovers(path.parent, f".{path.name}.old-*")
     remove_dead_leftovers(path.parent, f".{path.name}.tmp-*")

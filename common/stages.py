@@ -12,6 +12,7 @@ workers, progress bars) are left out of keys.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
@@ -35,6 +36,73 @@ def key_data(x: Any) -> Any:
     if isinstance(x, Path):
         return str(x)
     return x
+
+
+# The config of the command being run (set by the CLI), and whether the code running now makes a stage.
+_RUN: contextvars.ContextVar[tuple[Any, bool] | None] = contextvars.ContextVar("run", default=None)
+
+
+@contextlib.contextmanager
+def running(cfg: Any) -> Iterator[None]:
+    """Make `cfg` the run's config for the block: the trainer names its settings by their paths in it and adds the
+    run's settings declared trains=True to its resume fingerprint."""
+    token = _RUN.set((cfg, False))
+    try:
+        yield
+    finally:
+        _RUN.reset(token)
+
+
+@contextlib.contextmanager
+def _making_stage() -> Iterator[None]:
+    run = _RUN.get()
+    token = _RUN.set(None if run is None else (run[0], True))
+    try:
+        yield
+    finally:
+        _RUN.reset(token)
+
+
+def fingerprint_of(trainer: Any) -> tuple[str, dict[str, Any]]:
+    """Where a trainer section sits in the run's config (`pretrain.trainer`; `trainer` when it is not found, as for a
+    modified copy) and the run's settings that shape its training. Inside a stage the stage's key already holds
+    what shapes it (its checkpoints live under that key), so only the trainer's own settings count there."""
+    run = _RUN.get()
+    if run is None:
+        return "trainer", {}
+    cfg, in_stage = run
+    return _path_of(cfg, trainer) or "trainer", {} if in_stage else shaping_settings(cfg)
+
+
+def _path_of(cfg: Any, target: Any, prefix: str = "") -> str | None:
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if value is target:
+            return prefix + f.name
+        if dataclasses.is_dataclass(value):
+            found = _path_of(value, target, f"{prefix}{f.name}.")
+            if found:
+                return found
+    return None
+
+
+def shaping_settings(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted path -> value of every setting of a run's config declared `trains=True` (in a section so declared,
+    each of its settings but the `key=False` ones): what a resumed training must share with its checkpoint."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value, name = getattr(cfg, f.name), f"{prefix}{f.name}"
+        if f.metadata.get("trains"):
+            out.update(_flat(name, key_data(value)))
+        elif dataclasses.is_dataclass(value):
+            out.update(shaping_settings(value, f"{name}."))
+    return out
+
+
+def _flat(name: str, data: Any) -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        return {k: v for key, sub in data.items() for k, v in _flat(f"{name}.{key}", sub).items()}
+    return {name: data}
 
 
 def key_of(*parts: Any) -> str:
@@ -73,7 +141,7 @@ def run_stage(name: str, path: Path, write: Callable[..., None], compute: Callab
         if path.exists():
             print(f"[ cached ] {name}: made by another job meanwhile: {path}", flush=True)
             return path
-        with timed(f"{name}: {path}"):
+        with _making_stage(), timed(f"{name}: {path}"):
             value = compute() if compute is not None else None
 
             def publish() -> None:

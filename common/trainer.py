@@ -12,31 +12,36 @@ steps as one process with batch_size N*b.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import random
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from common.checkpoint import without_shared
+from common.checkpoint import (
+    complete,
+    publish,
+    remove_leftovers,
+    retire,
+    rng_state,
+    saving,
+    set_rng_state,
+    step_of,
+    without_shared,
+)
 from common.config import TrainerConfig
 from common.errors import UserError
-from common.io import write_error
+from common.io import writer_tag
 from common.loggers import Logger, NullLogger, show_progress
-from common.stages import key_data
+from common.stages import fingerprint_of, key_data
 
 __all__ = ["Task", "FitResult", "TrainerConfig", "NonFiniteLoss", "fit", "batches_for_step"]
 
@@ -116,89 +121,15 @@ def _load_weights(model: torch.nn.Module, path: Path, frozen: set[str] = frozens
         )
 
 
-@contextlib.contextmanager
-def _saving(tmp: Path) -> Iterator[None]:
-    """A failed checkpoint write (disk full, read-only) is one line naming the path; its partial files go."""
-    try:
-        yield
-    except Exception as e:  # noqa: BLE001 - torch.save reports a full disk as a RuntimeError
-        error = write_error(tmp, e)  # before the cleanup frees the space
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"{error}; the previous checkpoint is kept") from None
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "python": list(random.getstate()[1]),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    random.setstate((3, tuple(state["python"]), None))
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file, or a directory entry list, to disk: a rename is durable only after both are."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _complete(root: Path, prefix: str, marker: str) -> list[Path]:
-    """`<prefix><step>` directories holding their marker file (written last), newest first."""
-    found = [(int(d.name[len(prefix) :]), d) for d in root.glob(f"{prefix}*") if d.name[len(prefix) :].isdigit()]
-    return [d for _, d in sorted(found, reverse=True) if (d / marker).is_file()]
-
-
-def _publish(tmp: Path, final: Path, prefix: str, marker: str) -> None:
-    """Make a fully written temp dir the newest `<prefix><step>`, then retire the older ones.
-
-    Each step is atomic (rename) and durable (fsync), and an older directory is renamed away before it is deleted,
-    so a kill at any instant leaves the newest complete directory intact and no half-deleted one that looks complete.
-    """
-    for f in sorted(tmp.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # files before their directories
-        _fsync(f)
-    _fsync(tmp)
-    os.rename(tmp, final)
-    _fsync(final.parent)
-    for old in _complete(final.parent, prefix, marker)[1:]:
-        trash = old.with_name(f".trash-{old.name}-{os.getpid()}")
-        os.rename(old, trash)
-        shutil.rmtree(trash)
-
-
-def _check_same_training(saved: dict[str, Any], now: dict[str, Any], ckpt: Path) -> None:
+def _check_same_training(saved: dict[str, Any], now: dict[str, Any], ckpt: Path, at: str) -> None:
     changed = [
         f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)
     ]
     if changed:
         raise UserError(
             f"{ckpt}: this checkpoint was trained with other settings ({'; '.join(changed)}); "
-            "rerun with trainer.resume=false to start over, or with the checkpoint's settings to continue it"
+            f"rerun with {at}.resume=false to start over, or with the checkpoint's settings to continue it"
         )
-
-
-def _remove_leftovers(root: Path) -> None:
-    """Temp and trash directories of processes that died mid-save (their pid is gone); a live writer's are kept."""
-    for d in [*root.glob(".tmp-*"), *root.glob(".trash-*")]:
-        pid = int(d.name.rsplit("-", 1)[1])
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, another user's
 
 
 def _as_config(cfg: TrainerConfig | DictConfig | dict) -> TrainerConfig:
@@ -208,24 +139,49 @@ def _as_config(cfg: TrainerConfig | DictConfig | dict) -> TrainerConfig:
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
-def fit(
-    task: Task, cfg: TrainerConfig | DictConfig | dict, out_dir: str | Path, logger: Logger | None = None
-) -> FitResult:
-    """Train task.model; checkpoints and metrics go under out_dir. Resumes from out_dir/checkpoints/last if present."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
-    from transformers import get_scheduler
-
-    cfg = _as_config(cfg)
-    out_dir = Path(out_dir)
-    logger = logger or NullLogger()
+def _check(task: Task, cfg: TrainerConfig, at: str) -> None:
+    """What the schema cannot see: the task's data, parameters and evaluation against the settings."""
     if len(task.train_data) == 0:
         raise UserError("training data is empty")
     if cfg.grad_accum < 1 or cfg.batch_size < 1:
-        raise UserError(f"trainer: batch_size ({cfg.batch_size}) and grad_accum ({cfg.grad_accum}) must be >= 1")
+        raise UserError(f"{at}: batch_size ({cfg.batch_size}) and grad_accum ({cfg.grad_accum}) must be >= 1")
     if cfg.best_mode not in ("max", "min"):
-        raise UserError(f"trainer.best_mode: '{cfg.best_mode}' is neither max nor min")
+        raise UserError(f"{at}.best_mode: '{cfg.best_mode}' is neither max nor min")
+    if cfg.best_metric is not None and task.evaluate is None:
+        raise UserError(f"{at}.best_metric={cfg.best_metric}: this task evaluates nothing; set it to null")
+    if cfg.gradient_checkpointing and not hasattr(task.model, "gradient_checkpointing_enable"):
+        raise UserError(f"{at}.gradient_checkpointing: {type(task.model).__name__} is not a transformers model")
+    if not any(p.requires_grad for p in task.model.parameters()):
+        raise UserError("the model has no trainable parameters")
+
+
+@dataclass
+class _Loop:
+    """One fit() call's moving parts, shared by its named steps below."""
+
+    task: Task
+    cfg: TrainerConfig
+    at: str  # the trainer section's path in the run's config, for messages
+    accelerator: Any
+    root: Path  # checkpoints/
+    state: dict[str, Any]  # step, best, best_step, metrics, settings: what state.json holds
+    state_format: str  # own | accelerate
+    total_steps: int
+    steps_per_epoch: int
+    global_batch: int
+    logger: Logger
+    model: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    frozen: set[str] = field(default_factory=set)  # names of parameters never trained, never saved
+    last: Path | None = None  # the newest complete step checkpoint
+    last_save: float = field(default_factory=time.monotonic)
+
+
+def _accelerator(cfg: TrainerConfig) -> Any:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedDataParallelKwargs
 
     precision = _precision(cfg.mixed_precision)
     # accelerate keeps the first precision of a process in a shared state and refuses another one, but one run may
@@ -242,224 +198,287 @@ def fit(
         gradient_accumulation_steps=cfg.grad_accum,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.ddp_find_unused_parameters)],
     )
-    world, rank = accelerator.num_processes, accelerator.process_index
     if accelerator.state.deepspeed_plugin is not None:
         # DeepSpeed wants the micro-batch size, which it otherwise reads off a prepared DataLoader (we shard ourselves).
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
-    n = len(task.train_data)
+    return accelerator
+
+
+def _plan(task: Task, cfg: TrainerConfig, at: str, shaping: dict, out_dir: Path, accelerator: Any, logger: Logger) -> _Loop:
+    """Steps, the checkpoint folder and the fingerprint of this training: what a resumed run must match."""
+    n, world = len(task.train_data), accelerator.num_processes
     global_batch = cfg.batch_size * cfg.grad_accum * world
     steps_per_epoch = math.ceil(n / global_batch)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    warmup = max(cfg.warmup_steps, int(round(cfg.warmup_epochs * steps_per_epoch)))
-
-    # Checkpoints are checkpoints/step-<N>/ (state.json written last) and best weights checkpoints/best-<N>/
-    # (metrics.json last); the newest complete one counts, whatever instant an earlier process died at.
-    root = out_dir / "checkpoints"
-    if accelerator.is_main_process and root.is_dir():
-        if cfg.resume:
-            _remove_leftovers(root)
-        else:  # starting over: an older run's checkpoints would otherwise count as newer than this run's
-            trash = root.with_name(f".trash-checkpoints-{os.getpid()}")
-            os.rename(root, trash)
-            shutil.rmtree(trash)
-    accelerator.wait_for_everyone()
-    complete = _complete(root, "step-", "state.json") if root.is_dir() else []
-    # What shapes the training (settings declared key=False, such as save_every or progress, do not), and the data
-    # size: a resumed run must continue the same training, never mix two.
     # FSDP and DeepSpeed shard weights and optimizer state over the ranks: only accelerate's own state files hold them.
     sharded = accelerator.distributed_type.name in ("FSDP", "DEEPSPEED")
     state_format = cfg.checkpoint_state if cfg.checkpoint_state != "auto" else ("accelerate" if sharded else "own")
-    settings = {**{f"trainer.{k}": v for k, v in key_data(cfg).items()}, "examples": n, "processes": world}
+    # What shapes the training: the trainer's settings (less bookkeeping declared key=False, such as save_every or
+    # progress), the method's settings declared trains=True, the data size and the process count.
+    settings = {
+        **{f"{at}.{k}": v for k, v in key_data(cfg).items()},
+        **shaping,
+        "examples": n,
+        "processes": world,
+    }
     if state_format == "accelerate":  # absent from the trainer's own checkpoints (written before the key existed)
         settings["checkpoint_state"] = state_format
     state = {"step": 0, "best": None, "best_step": None, "metrics": {}, "settings": settings}
-    resuming = cfg.resume and bool(complete)
-    ckpt_dir = complete[0] if complete else root / "none"
-    model = task.model
-    # Checkpoints keep what training changes: a LoRA run saves its adapters, not the frozen 7B base.
-    frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
-    if resuming:
-        state = json.loads((ckpt_dir / "state.json").read_text())
-        _check_same_training(state.get("settings", {}), settings, ckpt_dir)
-        accelerator.print(f"resuming from {ckpt_dir} (step {state['step']} of {total_steps})", flush=True)
-        if state_format == "own":
-            _load_weights(model, ckpt_dir / "model.safetensors", frozen)
+    return _Loop(
+        task, cfg, at, accelerator, out_dir / "checkpoints", state, state_format, total_steps, steps_per_epoch,
+        global_batch, logger,
+    )  # fmt: skip
 
+
+def _prepare_checkpoints(loop: _Loop) -> None:
+    """Find the checkpoint to resume from and clear what killed attempts left (main process; the others wait)."""
+    root, acc = loop.root, loop.accelerator
+    if acc.is_main_process and root.is_dir():
+        if not loop.cfg.resume:  # starting over: an older run's checkpoints would otherwise count as newer
+            retire(root)
+        else:
+            newest = complete(root, "step-", "state.json")
+            remove_leftovers(root, step_of(newest[0]) if newest else 0)
+    acc.wait_for_everyone()
+    newest = complete(root, "step-", "state.json") if root.is_dir() and loop.cfg.resume else []
+    loop.last = newest[0] if newest else None
+    if loop.last is not None:
+        saved = json.loads((loop.last / "state.json").read_text())
+        _check_same_training(saved.get("settings", {}), loop.state["settings"], loop.last, loop.at)
+        loop.state = saved
+        acc.print(f"resuming from {loop.last} (step {saved['step']} of {loop.total_steps})", flush=True)
+
+
+def _set_up(loop: _Loop) -> None:
+    """Model, optimizer and schedule, prepared by accelerate, and restored from the checkpoint when resuming."""
+    from transformers import get_scheduler
+
+    cfg, acc, model = loop.cfg, loop.accelerator, loop.task.model
+    # Checkpoints keep what training changes: a LoRA run saves its adapters, not the frozen 7B base.
+    loop.frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
+    if loop.last is not None and loop.state_format == "own":
+        _load_weights(model, loop.last / "model.safetensors", loop.frozen)
+    if loop.last is None:
+        # A fresh start draws dropout and sampling from the seed alone, not from whatever earlier steps of the
+        # process (or a cache that spared them) left in the global RNGs.
+        from accelerate.utils import set_seed
+
+        set_seed(cfg.seed)
     if cfg.gradient_checkpointing:
         # transformers 5 renamed it activation checkpointing; non-reentrant recomputation gives gradients to LoRA
         # adapters even though the frozen embeddings below them need none.
         if hasattr(model, "activation_checkpointing_enable"):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        elif hasattr(model, "gradient_checkpointing_enable"):
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         else:
-            raise UserError(f"trainer.gradient_checkpointing: {type(model).__name__} is not a transformers model")
-    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
-    if not named:
-        raise UserError("the model has no trainable parameters")
-    optimizer = _optimizer(named, cfg)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    optimizer = _optimizer([(k, p) for k, p in model.named_parameters() if p.requires_grad], cfg)
     # Built on the raw optimizer and stepped once per optimizer step by us (accelerate's wrapper would step it
     # once per process).
-    scheduler = get_scheduler(
+    loop.scheduler = get_scheduler(
         cfg.scheduler,
         optimizer,
-        num_warmup_steps=warmup,
-        num_training_steps=total_steps,
+        num_warmup_steps=max(cfg.warmup_steps, int(round(cfg.warmup_epochs * loop.steps_per_epoch))),
+        num_training_steps=loop.total_steps,
         scheduler_specific_kwargs=dict(cfg.scheduler_kwargs) or None,
     )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    for frozen in task.frozen:
-        frozen.to(accelerator.device).eval().requires_grad_(False)
-    if resuming:
-        if state_format == "accelerate":
-            accelerator.load_state(ckpt_dir / "accelerate")  # weights, optimizer and RNG, each rank its shard
+    loop.model, loop.optimizer = acc.prepare(model, optimizer)
+    for frozen in loop.task.frozen:
+        frozen.to(acc.device).eval().requires_grad_(False)
+    if loop.last is not None:
+        if loop.state_format == "accelerate":
+            acc.load_state(loop.last / "accelerate")  # weights, optimizer and RNG, each rank its shard
         else:
-            optimizer.load_state_dict(torch.load(ckpt_dir / f"optimizer.rank{rank}.pt", weights_only=True))
-        scheduler.load_state_dict(torch.load(ckpt_dir / "scheduler.pt", weights_only=True))
-        _set_rng_state(torch.load(ckpt_dir / f"rng.rank{rank}.pt", weights_only=True))
+            state = torch.load(loop.last / f"optimizer.rank{acc.process_index}.pt", weights_only=True)
+            loop.optimizer.load_state_dict(state)
+        loop.scheduler.load_state_dict(torch.load(loop.last / "scheduler.pt", weights_only=True))
+        set_rng_state(torch.load(loop.last / f"rng.rank{acc.process_index}.pt", weights_only=True))
 
-    def trained_weights() -> dict[str, torch.Tensor]:
-        return {k: v for k, v in without_shared(accelerator.get_state_dict(model)).items() if k not in frozen}
 
-    def save_checkpoint(step: int) -> None:
-        nonlocal ckpt_dir, last_save
-        weights = trained_weights() if state_format == "own" else None
-        # One temp dir for all ranks, named by the main process (unique per process, so never another writer's).
-        tmp = root / broadcast_object_list([f".tmp-step-{step}-{os.getpid()}"])[0]
-        with _saving(tmp):
-            if accelerator.is_main_process:
+def _trained_weights(loop: _Loop) -> dict[str, torch.Tensor]:
+    state = without_shared(loop.accelerator.get_state_dict(loop.model))
+    return {k: v for k, v in state.items() if k not in loop.frozen}
+
+
+def _save_checkpoint(loop: _Loop, step: int) -> None:
+    """step-<step>/: trainable weights (or accelerate's sharded state), optimizer, schedule and RNG of every rank."""
+    from accelerate.utils import broadcast_object_list
+
+    acc, rank = loop.accelerator, loop.accelerator.process_index
+    weights = _trained_weights(loop) if loop.state_format == "own" else None
+    # One temp dir for all ranks, named by the main process (unique per process, so never another writer's).
+    tmp = loop.root / broadcast_object_list([f".tmp-step-{step}-{writer_tag()}"])[0]
+    with saving(tmp, loop.last):
+        if acc.is_main_process:
+            tmp.mkdir(parents=True)
+            if weights is not None:
+                save_file(weights, tmp / "model.safetensors")
+            torch.save(loop.scheduler.state_dict(), tmp / "scheduler.pt")
+        acc.wait_for_everyone()
+        if loop.state_format == "accelerate":
+            acc.save_state(tmp / "accelerate", safe_serialization=True)  # collective: every rank writes
+        else:
+            torch.save(loop.optimizer.state_dict(), tmp / f"optimizer.rank{rank}.pt")
+        torch.save(rng_state(), tmp / f"rng.rank{rank}.pt")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            # state.json is written last: a checkpoint without it is incomplete and never resumed from.
+            (tmp / "state.json").write_text(json.dumps({**loop.state, "step": step}))
+            publish(tmp, loop.root / f"step-{step}", "step-", "state.json")
+    loop.last, loop.last_save = loop.root / f"step-{step}", time.monotonic()
+    acc.wait_for_everyone()
+
+
+def _evaluate(loop: _Loop, step: int) -> None:
+    """Run the task's evaluation; a new best on best_metric publishes best-<step>/."""
+    from accelerate.utils import broadcast_object_list
+
+    cfg, acc, state = loop.cfg, loop.accelerator, loop.state
+    if loop.task.evaluate is None:
+        return
+    loop.model.eval()
+    with torch.no_grad(), acc.autocast():
+        metrics = loop.task.evaluate(acc.unwrap_model(loop.model))
+    loop.model.train()
+    metrics = broadcast_object_list([metrics])[0]
+    state["metrics"] = metrics
+    loop.logger.log({f"eval/{k}": v for k, v in metrics.items()}, step)
+    if cfg.best_metric is None:
+        return
+    if cfg.best_metric not in metrics:
+        raise UserError(f"{loop.at}.best_metric: '{cfg.best_metric}' not among evaluated metrics {sorted(metrics)}")
+    value, best = metrics[cfg.best_metric], state["best"]
+    if best is None or (value > best if cfg.best_mode == "max" else value < best):
+        state.update(best=value, best_step=step)
+        weights = _trained_weights(loop)
+        if acc.is_main_process:
+            tmp = loop.root / f".tmp-best-{step}-{writer_tag()}"
+            previous = complete(loop.root, "best-", "metrics.json") if loop.root.is_dir() else []
+            with saving(tmp, previous[0] if previous else None):
                 tmp.mkdir(parents=True)
-                if weights is not None:
-                    save_file(weights, tmp / "model.safetensors")
-                torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            accelerator.wait_for_everyone()
-            if state_format == "accelerate":
-                accelerator.save_state(tmp / "accelerate", safe_serialization=True)  # collective: every rank writes
-            else:
-                torch.save(optimizer.state_dict(), tmp / f"optimizer.rank{rank}.pt")
-            torch.save(_rng_state(), tmp / f"rng.rank{rank}.pt")
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                # state.json is written last: a checkpoint without it is incomplete and never resumed from.
-                (tmp / "state.json").write_text(json.dumps({**state, "step": step}))
-                _publish(tmp, root / f"step-{step}", "step-", "state.json")
-        ckpt_dir, last_save = root / f"step-{step}", time.monotonic()
-        accelerator.wait_for_everyone()
+                save_file(weights, tmp / "model.safetensors")
+                (tmp / "metrics.json").write_text(json.dumps({"step": step, **metrics}))
+                publish(tmp, loop.root / f"best-{step}", "best-", "metrics.json")
+        acc.wait_for_everyone()
 
-    def run_eval(step: int) -> None:
-        if task.evaluate is None:
-            return
-        model.eval()
-        with torch.no_grad(), accelerator.autocast():
-            metrics = task.evaluate(accelerator.unwrap_model(model))
-        model.train()
-        metrics = broadcast_object_list([metrics])[0]
-        state["metrics"] = metrics
-        logger.log({f"eval/{k}": v for k, v in metrics.items()}, step)
-        if cfg.best_metric is None:
-            return
-        if cfg.best_metric not in metrics:
-            raise UserError(f"trainer.best_metric: '{cfg.best_metric}' not among evaluated metrics {sorted(metrics)}")
-        value, best = metrics[cfg.best_metric], state["best"]
-        if best is None or (value > best if cfg.best_mode == "max" else value < best):
-            state.update(best=value, best_step=step)
-            weights = trained_weights()
-            if accelerator.is_main_process:
-                tmp = root / f".tmp-best-{step}-{os.getpid()}"
-                with _saving(tmp):
-                    tmp.mkdir(parents=True)
-                    save_file(weights, tmp / "model.safetensors")
-                    (tmp / "metrics.json").write_text(json.dumps({"step": step, **metrics}))
-                    _publish(tmp, root / f"best-{step}", "best-", "metrics.json")
-            accelerator.wait_for_everyone()
 
-    model.train()
-    progress = tqdm(
-        total=total_steps, initial=state["step"], disable=not (show_progress(cfg.progress) and accelerator.is_main_process)
-    )
-    running: float | None = None
-    last_save = time.monotonic()
+def _micro_batches(loop: _Loop) -> Iterator[list[int]]:
+    """This rank's share of every remaining optimizer step, micro-batch by micro-batch, in the seeded order."""
+    cfg, n = loop.cfg, len(loop.task.train_data)
+    world, rank = loop.accelerator.num_processes, loop.accelerator.process_index
+    for step in range(loop.state["step"], loop.total_steps):
+        indices = batches_for_step(n, step, loop.steps_per_epoch, loop.global_batch, cfg.seed)
+        for micro in range(cfg.grad_accum):
+            start = (micro * world + rank) * cfg.batch_size
+            yield indices[start : start + cfg.batch_size]
 
-    def micro_batches() -> Iterator[list[int]]:
-        """This rank's share of every remaining optimizer step, micro-batch by micro-batch, in the seeded order."""
-        for step in range(state["step"], total_steps):
-            indices = batches_for_step(n, step, steps_per_epoch, global_batch, cfg.seed)
-            for micro in range(cfg.grad_accum):
-                start = (micro * world + rank) * cfg.batch_size
-                yield indices[start : start + cfg.batch_size]
 
-    # Workers load and collate ahead of the step, in the same order as the main process would.
-    loader = iter(
+def _loader(loop: _Loop) -> Iterator[Any]:
+    """Batches in the seeded order; workers load and collate ahead of the step, in the same order."""
+    return iter(
         DataLoader(
-            task.train_data,  # type: ignore[arg-type] - a Sequence is a map-style dataset
-            batch_sampler=micro_batches(),  # type: ignore[arg-type] - iterated once
-            collate_fn=task.collate,
-            num_workers=cfg.num_workers,
-            pin_memory=accelerator.device.type == "cuda",
+            loop.task.train_data,  # type: ignore[arg-type] - a Sequence is a map-style dataset
+            batch_sampler=_micro_batches(loop),  # type: ignore[arg-type] - iterated once
+            collate_fn=loop.task.collate,
+            num_workers=loop.cfg.num_workers,
+            pin_memory=loop.accelerator.device.type == "cuda",
             generator=torch.Generator(),  # its own: seeding workers must not draw from the RNG dropout uses
         )
     )
-    for step in range(state["step"], total_steps):
-        # [sum of micro losses, non-finite flag, a checkpoint is due by time]: reduced once, so every rank agrees.
-        step_loss = torch.zeros(3, device=accelerator.device)
-        if accelerator.is_main_process and 0 < cfg.save_minutes * 60 <= time.monotonic() - last_save:
-            step_loss[2] = 1
-        logs: dict[str, float] = {}
-        for _ in range(cfg.grad_accum):
-            batch = _to_device(next(loader), accelerator.device)
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    loss, logs = task.loss(model, batch)
-                if not torch.isfinite(loss.detach()):
-                    step_loss[1] = 1  # still run backward: under DDP every rank must reach the same all-reduce
-                accelerator.backward(loss)  # divided by grad_accum there
-            step_loss[0] += loss.detach().float() / cfg.grad_accum
-        if not accelerator.sync_gradients:
-            raise RuntimeError("accelerate did not sync gradients at the last micro-batch of an optimizer step")
-        grad_norm = (
-            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
-        )
-        if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)):
-            step_loss[1] = 1
-        step_loss = accelerator.reduce(step_loss, reduction="sum")
-        if step_loss[1] > 0:
-            progress.close()
-            where = f"last good checkpoint: {ckpt_dir}" if ckpt_dir.is_dir() else "no checkpoint was saved before it"
-            where += "; rerun with a lower trainer.lr and trainer.resume=false to start over"
-            raise NonFiniteLoss(f"loss became non-finite at step {step}; training stopped, {where}")
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        mean_loss = step_loss[0].item() / world
-        running = mean_loss if running is None else 0.9 * running + 0.1 * mean_loss
-        progress.update(1)
-        progress.set_postfix(loss=f"{running:.4f}")
-        if done % cfg.log_every == 0 or done == total_steps:
-            logger.log(
-                {
-                    "train/loss": mean_loss,
-                    "train/lr": scheduler.get_last_lr()[0],
-                    **{f"train/{k}": v for k, v in logs.items()},
-                },
-                done,
-            )
-        end_of_epoch = done % steps_per_epoch == 0 or done == total_steps
-        if done == total_steps or (done % cfg.eval_every == 0 if cfg.eval_every > 0 else end_of_epoch):
-            run_eval(done)
-        by_steps = done % cfg.save_every == 0 if cfg.save_every > 0 else end_of_epoch
-        if by_steps or step_loss[2] > 0:
-            state["step"] = done
-            save_checkpoint(done)
-    progress.close()
 
-    unwrapped = accelerator.unwrap_model(model)
-    metrics = dict(state["metrics"])
-    if cfg.best_metric is not None and state["best_step"] is not None:
+
+def _train_step(loop: _Loop, loader: Iterator[Any], step: int) -> tuple[float, dict[str, float], bool]:
+    """One optimizer step over grad_accum micro-batches: (mean loss over ranks, the loss's logs, checkpoint due by
+    time). A non-finite loss or gradient norm on any rank stops every rank with the last good checkpoint named."""
+    cfg, acc = loop.cfg, loop.accelerator
+    # [sum of micro losses, non-finite flag, a checkpoint is due by time]: reduced once, so every rank agrees.
+    flags = torch.zeros(3, device=acc.device)
+    if acc.is_main_process and 0 < cfg.save_minutes * 60 <= time.monotonic() - loop.last_save:
+        flags[2] = 1
+    logs: dict[str, float] = {}
+    for _ in range(cfg.grad_accum):
+        batch = _to_device(next(loader), acc.device)
+        with acc.accumulate(loop.model):
+            with acc.autocast():
+                loss, logs = loop.task.loss(loop.model, batch)
+            if not torch.isfinite(loss.detach()):
+                flags[1] = 1  # still run backward: under DDP every rank must reach the same all-reduce
+            acc.backward(loss)  # divided by grad_accum there
+        flags[0] += loss.detach().float() / cfg.grad_accum
+    if not acc.sync_gradients:
+        raise RuntimeError("accelerate did not sync gradients at the last micro-batch of an optimizer step")
+    grad_norm = acc.clip_grad_norm_(loop.model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+    if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)):
+        flags[1] = 1
+    flags = acc.reduce(flags, reduction="sum")
+    if flags[1] > 0:
+        where = f"last good checkpoint: {loop.last}" if loop.last is not None else "no checkpoint was saved before it"
+        where += f"; rerun with a lower {loop.at}.lr and {loop.at}.resume=false to start over"
+        raise NonFiniteLoss(f"loss became non-finite at step {step}; training stopped, {where}")
+    loop.optimizer.step()
+    loop.scheduler.step()
+    loop.optimizer.zero_grad(set_to_none=True)
+    return flags[0].item() / acc.num_processes, logs, bool(flags[2] > 0)
+
+
+def _train(loop: _Loop) -> float | None:
+    """The step loop from the resumed step to the end: log, evaluate and checkpoint on schedule. Returns the running
+    (exponentially smoothed) loss, None when nothing was ever trained."""
+    cfg, state = loop.cfg, loop.state
+    progress = tqdm(
+        total=loop.total_steps,
+        initial=state["step"],
+        disable=not (show_progress(cfg.progress) and loop.accelerator.is_main_process),
+    )
+    running: float | None = state.get("running_loss")  # resumed with the rest, so a rerun reports the same loss
+    loader = _loader(loop)
+    try:
+        for step in range(state["step"], loop.total_steps):
+            mean_loss, logs, due_by_time = _train_step(loop, loader, step)
+            done = step + 1
+            running = mean_loss if running is None else 0.9 * running + 0.1 * mean_loss
+            progress.update(1)
+            progress.set_postfix(loss=f"{running:.4f}")
+            if done % cfg.log_every == 0 or done == loop.total_steps:
+                lr = loop.scheduler.get_last_lr()[0]
+                loop.logger.log(
+                    {"train/loss": mean_loss, "train/lr": lr, **{f"train/{k}": v for k, v in logs.items()}}, done
+                )
+            end_of_epoch = done % loop.steps_per_epoch == 0 or done == loop.total_steps
+            if done == loop.total_steps or (done % cfg.eval_every == 0 if cfg.eval_every > 0 else end_of_epoch):
+                _evaluate(loop, done)
+            by_steps = done % cfg.save_every == 0 if cfg.save_every > 0 else end_of_epoch
+            if by_steps or due_by_time:
+                state.update(step=done, running_loss=running)
+                _save_checkpoint(loop, done)
+    finally:
+        progress.close()
+    return running
+
+
+def fit(
+    task: Task,
+    cfg: TrainerConfig | DictConfig | dict,
+    out_dir: str | Path,
+    logger: Logger | None = None,
+) -> FitResult:
+    """Train task.model; checkpoints and metrics go under out_dir, and a rerun resumes from its newest complete
+    checkpoint. Within a command (common.stages.running), the trainer's settings are named by their path in the
+    run's config (`pretrain.trainer.lr`) and the run's settings declared trains=True join the resume fingerprint."""
+    at, shaping = fingerprint_of(cfg)
+    cfg = _as_config(cfg)
+    _check(task, cfg, at)
+    accelerator = _accelerator(cfg)
+    loop = _plan(task, cfg, at, shaping, Path(out_dir), accelerator, logger or NullLogger())
+    _prepare_checkpoints(loop)
+    _set_up(loop)
+    running = _train(loop)
+    model = accelerator.unwrap_model(loop.model)
+    metrics = dict(loop.state["metrics"])
+    if cfg.best_metric is not None and loop.state["best_step"] is not None:
         accelerator.wait_for_everyone()
-        best_dir = _complete(root, "best-", "metrics.json")[0]
-        _load_weights(unwrapped, best_dir / "model.safetensors", frozen)
-        metrics = json.loads((best_dir / "metrics.json").read_text())
+        best = complete(loop.root, "best-", "metrics.json")[0]
+        _load_weights(model, best / "model.safetensors", loop.frozen)
+        metrics = json.loads((best / "metrics.json").read_text())
     if running is not None:
         metrics["train/loss"] = running
-    return FitResult(model=unwrapped, metrics=metrics, steps=total_steps)
+    return FitResult(model=model, metrics=metrics, steps=loop.total_steps)

@@ -1,7 +1,9 @@
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,7 +56,7 @@ def test_help_lists_commands_and_unknown_command_exits_2(toy_conf, tmp_path):
     proc = toy(toy_conf, "trian", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: unknown command 'trian' for methods.toy; valid commands: train, eval, items"
+        "error: unknown command 'trian' for methods.toy; valid commands: train, eval, items, pretrain"
     ]
 
 
@@ -187,3 +189,61 @@ def test_hydra_flags_anywhere_in_the_command(toy_conf, tmp_path):
     proc = toy(toy_conf, "train", "trainer.lr=0.3", "--cfg", "job", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "lr: 0.3" in proc.stdout and not (tmp_path / "outputs").exists()  # printed, not run
+
+
+def test_a_changed_method_setting_is_not_resumed_silently_and_the_advice_works(toy_conf, tmp_path):
+    """`scale` is a method setting declared trains=True: a rerun with another value in the same run dir used to
+    resume the checkpoint trained with the old one and record the new one in results.json."""
+    run = f"hydra.run.dir={tmp_path / 'run'}"
+    assert toy(toy_conf, "train", run, cwd=tmp_path).returncode == 0
+    proc = toy(toy_conf, "train", "scale=2", run, cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+    assert "scale 1.0 -> 2.0" in proc.stderr and "trainer.resume=false" in proc.stderr
+    proc = toy(toy_conf, "train", "scale=2", "trainer.resume=false", run, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fresh = json.loads((tmp_path / "run" / "results.json").read_text())["metrics"]
+    assert toy(toy_conf, "train", "scale=2", f"hydra.run.dir={tmp_path / 'other'}", cwd=tmp_path).returncode == 0
+    assert fresh == json.loads((tmp_path / "other" / "results.json").read_text())["metrics"]
+
+
+def test_a_nested_trainer_is_named_by_its_path_and_its_advice_works(toy_conf, tmp_path):
+    run = f"hydra.run.dir={tmp_path / 'run'}"
+    assert toy(toy_conf, "pretrain", run, cwd=tmp_path).returncode == 0
+    proc = toy(toy_conf, "pretrain", "pre.trainer.lr=0.01", run, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "pre.trainer.lr 0.05 -> 0.01" in proc.stderr and "rerun with pre.trainer.resume=false" in proc.stderr
+    proc = toy(toy_conf, "pretrain", "pre.trainer.lr=0.01", "pre.trainer.resume=false", run, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_second_job_on_a_run_dir_stops_before_writing_and_names_the_first(toy_conf, tmp_path):
+    run = tmp_path / "run"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "tests.common.toy_method", str(toy_conf), "train", "sleep=8", f"hydra.run.dir={run}"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "partial.txt").exists():  # the first job is in its command
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.1)
+        hydra_files = lambda: {p: p.read_bytes() for p in [*run.glob(".hydra/*"), run / ".lock"]}  # noqa: E731
+        before = hydra_files()
+        second = toy(toy_conf, "train", f"hydra.run.dir={run}", cwd=tmp_path)
+        assert second.returncode == 2
+        holder = f"pid {first.pid} on host {socket.gethostname()}, since "
+        assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+        assert second.stderr.startswith(f"error: run dir {run} is in use by another job ({holder}")
+        assert second.stderr.strip().endswith("wait for it to end or give this run another hydra.run.dir")
+        assert hydra_files() == before  # the second job wrote nothing: not even .hydra/
+    finally:
+        out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    rows = (run / "metrics.csv").read_text().splitlines()
+    keys = [tuple(row.split(",")[:2]) for row in rows[1:]]
+    assert len(set(keys)) == len(keys) and keys == sorted(keys, key=lambda k: int(k[0]))  # one job's rows only
+    assert toy(toy_conf, "train", f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0  # free again once it ended

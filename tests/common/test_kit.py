@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, replace
@@ -132,6 +133,35 @@ def test_two_jobs_needing_one_stage_build_it_once(tmp_path):
     assert len(builders) == 1  # one job built it, the other waited and reused it
     assert [o.strip().splitlines()[-1] for o in outputs] == [f"made by {builders[0]}"] * 2
     assert sum("made by another job meanwhile" in o for o in outputs) == 1
+
+
+KILLED_STAGE = """
+import os, signal, sys
+from pathlib import Path
+from common.stages import run_stage
+
+def write(tmp):
+    tmp.mkdir()
+    (tmp / "half").write_text("x")
+    os.kill(os.getpid(), signal.SIGKILL)  # a real kill: no cleanup runs
+
+run_stage("killed", Path(sys.argv[1]), write)
+"""
+
+
+def test_a_stage_killed_while_writing_leaves_nothing_after_the_next_run(tmp_path):
+    """SIGKILL during a stage write used to leave `.<name>.tmp-<pid>` for ever (only the own pid's temp was removed):
+    the next run removes a dead writer's temp, and keeps one whose writer is alive."""
+    out = tmp_path / "cache" / "stage"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    killed = subprocess.run([sys.executable, "-c", KILLED_STAGE, str(out)], env=env, capture_output=True, timeout=120)
+    assert killed.returncode == -9 and not out.exists()
+    assert [p.name.split("-")[0] for p in out.parent.glob(".stage.tmp-*")] == [".stage.tmp"]
+    live = out.parent / f".stage.tmp-1@{socket.gethostname()}"  # pid 1 is alive: a writer still at work
+    live.mkdir()
+    run_stage("again", out, lambda tmp: tmp.write_text("complete"))
+    assert out.read_text() == "complete"
+    assert [p.name for p in out.parent.glob(".stage.tmp-*")] == [live.name]
 
 
 def test_stage_with_compute_writes_the_computed_value(tmp_path):

@@ -180,6 +180,24 @@ def test_a_kill_at_any_phase_of_a_save_resumes_to_the_same_weights(tmp_path):
         assert left == ["step-15"], (phase, left)  # the last one only: no temp, trash or half-deleted directory
 
 
+def test_a_kill_after_a_best_checkpoint_is_published_reruns_to_the_same_weights_and_metrics(tmp_path):
+    """A task that evaluates and keeps its best: killed (SIGKILL) once best-10 is published but before step-10, the
+    rerun resumes from step-5, trains steps 6-10 again and publishes best-10 over the killed attempt's (before: every
+    rerun failed with "Directory not empty"), ending as a run never interrupted."""
+    assert kill_worker(tmp_path / "straight", "best", "0").returncode == 0
+    killed = kill_worker(tmp_path / "run", "best", "10")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir()) == ["best-10", "best-5", "step-5"]
+    for _ in range(2):  # the rerun, and a rerun of the finished run
+        resumed = kill_worker(tmp_path / "run")
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert "resuming from" in resumed.stdout
+        final, reference = (torch.load(tmp_path / d / "final.pt", weights_only=True) for d in ("run", "straight"))
+        torch.testing.assert_close(final, reference, rtol=0, atol=0)
+        metrics, expected = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("run", "straight"))
+        assert metrics == expected and "neg_mse" in metrics
+
+
 def test_frozen_parameters_stay_out_of_checkpoints_and_resume_is_exact(tmp_path):
     def half_frozen():
         task = toy_task(dropout=0.3)
@@ -253,7 +271,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(small_disk):
         fit(wide_task(), cfg(epochs=6, save_every=1), small_disk / "run")
     message = str(e.value)
     assert "cannot write" in message and "no space left on device" in message.lower() and "\n" not in message
-    assert "previous checkpoint is kept" in message
+    assert "; the previous checkpoint " in message and message.endswith(" is kept")
     left = sorted(p.name for p in (small_disk / "run/checkpoints").iterdir())
     assert len(left) == 1 and left[0].startswith("step-")  # no .tmp-* beside it
     state = json.loads((small_disk / "run/checkpoints" / left[0] / "state.json").read_text())
@@ -263,7 +281,9 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(small_disk):
 def test_a_read_only_place_is_one_line(small_disk):
     (small_disk / "run").mkdir()
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
-    with pytest.raises(UserError, match=r"cannot write .*run/checkpoints.*Read-only file system"):
+    with pytest.raises(
+        UserError, match=r"cannot write .*run/checkpoints.*: read-only file system; no checkpoint was saved"
+    ):
         fit(toy_task(), cfg(epochs=1), small_disk / "run")
 
 
