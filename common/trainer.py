@@ -204,7 +204,9 @@ def _accelerator(cfg: TrainerConfig) -> Any:
     return accelerator
 
 
-def _plan(task: Task, cfg: TrainerConfig, at: str, shaping: dict, out_dir: Path, accelerator: Any, logger: Logger) -> _Loop:
+def _plan(
+    task: Task, cfg: TrainerConfig, at: str, shaping: dict, out_dir: Path, accelerator: Any, logger: Logger
+) -> _Loop:
     """Steps, the checkpoint folder and the fingerprint of this training: what a resumed run must match."""
     n, world = len(task.train_data), accelerator.num_processes
     global_batch = cfg.batch_size * cfg.grad_accum * world
