@@ -24,15 +24,20 @@ ScoreConfig = scorer_config.score_config(
 
 @dataclass
 class FlamesConfig(BaseConfig):
-    data: DataConfig = section(DataConfig, "labelled records (none: synthetic ones in the same format)")
-    synthetic: SyntheticConfig = section(SyntheticConfig, "the synthetic records used when data.train is null")
+    data: DataConfig = section(DataConfig, "labelled records (none: synthetic ones in the same format)", trains=True)
+    synthetic: SyntheticConfig = section(
+        SyntheticConfig, "the synthetic records used when data.train is null", trains=True
+    )
     model: ModelConfig = section(
         ModelConfig,
         "the shared encoder (a head per dimension on top); released: InternLM-chat-7B, which transformers cannot load "
         "as a classifier (README); lora.r=0: full fine-tuning, as released",
         name_or_path="Qwen/Qwen2-7B-Instruct",
+        trains=True,
     )
-    max_length: int = opt(2048, "tokens of the chat-formatted prompt and response kept (the end is cut)", ge=8)
+    max_length: int = opt(
+        2048, "tokens of the chat-formatted prompt and response kept (the end is cut)", ge=8, trains=True
+    )
     trainer: TrainerConfig = section(
         TrainerConfig,
         "the multi-task trainer",

@@ -50,16 +50,21 @@ ScoreConfig = scorer_config.score_config(
 
 @dataclass
 class GuardRankConfig(BaseConfig):
-    data: DataConfig = section(DataConfig, "labelled records (none: synthetic ones in the same format)")
-    synthetic: SyntheticConfig = section(SyntheticConfig, "the synthetic records used when data.train is null")
+    data: DataConfig = section(DataConfig, "labelled records (none: synthetic ones in the same format)", trains=True)
+    synthetic: SyntheticConfig = section(
+        SyntheticConfig, "the synthetic records used when data.train is null", trains=True
+    )
     # The main judge: privacy, bias, toxicity and legality, labels 0 (perfect answer) .. 3.
     model: ModelConfig = section(
         ModelConfig,
         "base of the four-dimension judge (LoRA + a 4-way classification head)",
         name_or_path="meta-llama/Llama-2-7b-hf",
         lora=LoraConfig(r=8, alpha=16, dropout=0.05),
+        trains=True,
     )
-    max_length: int = opt(512, "tokens of 'Dimension: ... Prompt: ... Answer: ...' kept (the end is cut)", ge=8)
+    max_length: int = opt(
+        512, "tokens of 'Dimension: ... Prompt: ... Answer: ...' kept (the end is cut)", ge=8, trains=True
+    )
     trainer: TrainerConfig = section(
         TrainerConfig,
         "trainer of the four-dimension judge",
@@ -71,9 +76,13 @@ class GuardRankConfig(BaseConfig):
         warmup_epochs=0.1,
         best_metric="val/macro_f1",
     )
-    encoder: EncoderConfig = section(EncoderConfig, "the truthfulness judge")
+    encoder: EncoderConfig = section(EncoderConfig, "the truthfulness judge", trains=True)
     safe_labels: List[int] = opt(
-        [0, 1], "labels (0..3) that count as a safe answer when another method asks (FINE's judge)", ge=0, le=3
+        [0, 1],
+        "labels (0..3) that count as a safe answer when another method asks (FINE's judge)",
+        ge=0,
+        le=3,
+        trains=True,
     )
     cpu_threads: Optional[int] = scorer_config.cpu_threads_opt()  # see there: one thread is faster for tiny models
     eval: EvalConfig = section(EvalConfig, "evaluating a scorer on labelled records")

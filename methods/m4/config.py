@@ -128,15 +128,18 @@ class TrainConfig:
         "official",
         "official: fixed test set + repeated train/val splits; kfold: stratified patient folds",
         choices=("official", "kfold"),
+        trains=True,
     )
-    n_splits: int = opt(5, "train/val splits (official) or folds (kfold)", ge=1)
-    test_size: float = opt(0.2, "official: fraction of patients held out for testing", gt=0, lt=1)
-    val_size: float = opt(0.2, "fraction of the remaining patients used for validation", gt=0, lt=1)
-    split_seed: int = opt(42, "seed of the patient splits")
-    stratify_gene: Optional[str] = opt(None, "kfold: the gene folds are stratified on; null: the rarest")
+    n_splits: int = opt(5, "train/val splits (official) or folds (kfold)", ge=1, trains=True)
+    test_size: float = opt(0.2, "official: fraction of patients held out for testing", gt=0, lt=1, trains=True)
+    val_size: float = opt(0.2, "fraction of the remaining patients used for validation", gt=0, lt=1, trains=True)
+    split_seed: int = opt(42, "seed of the patient splits", trains=True)
+    stratify_gene: Optional[str] = opt(None, "kfold: the gene folds are stratified on; null: the rarest", trains=True)
     threshold: float = opt(0.5, "probability threshold of F1, accuracy, sensitivity and specificity", ge=0, le=1)
     pos_weight: Optional[str] = opt(
-        None, "weight of positives in the BCE: null (official), balanced (negatives/positives per gene), or a number"
+        None,
+        "weight of positives in the BCE: null (official), balanced (negatives/positives per gene), or a number",
+        trains=True,
     )
     cache_features: bool = opt(False, "keep bags in memory (small cohorts)", key=False)
     save_checkpoints: bool = opt(True, "per-epoch checkpoints for resume; the best weights are always kept", key=False)
@@ -199,11 +202,13 @@ class M4Config(BaseConfig):
         scheduler_kwargs={"min_lr_rate": 0.1},
         max_grad_norm=0.0,
     )
-    data: DataConfig = section(DataConfig, "the cohort: slides, labels, where patches and features go")
-    synthetic: SyntheticConfig = section(SyntheticConfig, "the synthetic cohort used when no data is given")
-    tile: TileConfig = section(TileConfig, "tissue segmentation and the patch grid")
-    extract: ExtractConfig = section(ExtractConfig, "patch features")
-    mil: MilConfig = section(MilConfig, "the MIL architectures (M4, MMoE, ABMIL)")
+    data: DataConfig = section(DataConfig, "the cohort: slides, labels, where patches and features go", trains=True)
+    synthetic: SyntheticConfig = section(
+        SyntheticConfig, "the synthetic cohort used when no data is given", trains=True
+    )
+    tile: TileConfig = section(TileConfig, "tissue segmentation and the patch grid", trains=True)
+    extract: ExtractConfig = section(ExtractConfig, "patch features", trains=True)
+    mil: MilConfig = section(MilConfig, "the MIL architectures (M4, MMoE, ABMIL)", trains=True)
     train: TrainConfig = section(TrainConfig, "models, splits and metrics")
     eval: EvalConfig = section(EvalConfig, "re-scoring a train run")
     heatmap: HeatmapConfig = section(HeatmapConfig, "per-gene attention heatmaps")

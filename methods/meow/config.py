@@ -172,15 +172,17 @@ class MeowConfig(BaseConfig):
     trainer: TrainerConfig = section(
         TrainerConfig, "unlearning: the method's loss on forget and retain items", evaluates=(), transformers=True
     )
-    data: DataConfig = section(DataConfig, "TOFU data")
-    model: ModelConfig = section(ModelConfig, "the language model (fine-tuned into the target, then unlearned)")
-    finetune: FinetuneConfig = section(FinetuneConfig, "target and retain models")
+    data: DataConfig = section(DataConfig, "TOFU data", trains=True)
+    model: ModelConfig = section(
+        ModelConfig, "the language model (fine-tuned into the target, then unlearned)", trains=True
+    )
+    finetune: FinetuneConfig = section(FinetuneConfig, "target and retain models", trains=True)
     method: str = opt("meow", "the unlearning method", registry=LOSSES)
     compare: List[str] = opt([], "more methods unlearned and evaluated in the same run", registry=LOSSES)
-    invert: InvertConfig = section(InvertConfig, "inverted facts")
-    memo: MemoConfig = section(MemoConfig, "MEMO scores")
-    select: SelectConfig = section(SelectConfig, "selection of inverted facts")
-    loss: LossConfig = section(LossConfig, "unlearning objectives")
+    invert: InvertConfig = section(InvertConfig, "inverted facts", trains=True)
+    memo: MemoConfig = section(MemoConfig, "MEMO scores", trains=True)
+    select: SelectConfig = section(SelectConfig, "selection of inverted facts", trains=True)
+    loss: LossConfig = section(LossConfig, "unlearning objectives", trains=True)
     save_models: bool = opt(True, "save each unlearned model (safetensors) into the run dir", key=False)
     eval: EvalConfig = section(EvalConfig, "TOFU evaluation")
 
