@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from common.config import as_dict, compose_raw, field_docs, validate
+from common.config import CONF_DIR, as_dict, compose_raw, field_docs, validate
 from common.dist import export_slurm_distributed_env, hold_run_dir, is_main_process
 from common.errors import UserError
 from common.io import WRITE_ERRNOS, write_error
@@ -27,7 +27,6 @@ from common.items import ItemsFailed
 from common.results import write_results
 from common.stages import running
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 RUNS_DIR, SWEEPS_DIR = "outputs", "multirun"
 
 

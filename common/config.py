@@ -23,6 +23,8 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from common.errors import UserError
 
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # conf/<method>.yaml and its groups
+
 # `exists=` kinds: "path" must exist when set; "model" must exist when it looks local (a hub id `org/name` does not).
 PATH, MODEL = "path", "model"
 # transformers.SchedulerType's values, written out so composing needs no transformers (tests/common/test_light_cli.py
@@ -464,8 +466,6 @@ def compose(method: str, *overrides: str, conf_dir: str | None = None, paths: bo
     >>> cfg = compose("m4", "trainer.epochs=2")
     """
     from hydra.errors import HydraException
-
-    from common.cli import CONF_DIR
 
     spec = method_spec(method)
     try:

@@ -186,3 +186,24 @@ def test_module_checkpoint_round_trip(tmp_path):
     assert torch.equal(loaded(x), net(x))
     with pytest.raises(UserError, match="no model.json"):
         load_module(tmp_path)
+
+
+def test_common_has_no_import_circle():
+    """Module-level and function-level imports alike: a function-level import only hides a circle."""
+    import ast
+
+    graph: dict[str, set[str]] = {}
+    for path in sorted((REPO / "common").glob("*.py")):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("common."):
+                found.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("common.")}
+        graph[path.stem] = found - {path.stem}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in graph.get(start, ()))
+
+    circles = sorted(m for m in graph if reaches(m, m, {m}))
+    assert not circles, circles
