@@ -20,6 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.config import ModelConfig
 from common.errors import UserError
+from common.seeding import seeded
+
+# The seed of every tiny model's weights: a tiny model stands in for a published checkpoint, which is the same
+# whatever seed a run is given, so its weights are a function of its cache key (shape and corpus) alone.
+TINY_SEED = 0
 
 # Shapes of the tiny offline models: big enough to memorise a few hundred short QA pairs on a CPU in a minute or two.
 TINY_MODELS: dict[str, dict[str, Any]] = {
@@ -117,7 +122,9 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int, chat: bool = False):
 def tiny_model_path(name: str, cache_dir: str | Path, corpus: Iterable[str] | None = None, **overrides: Any) -> Path:
     """Build (once) a tiny randomly initialised model + tokenizer and return its directory.
 
-    The cache key covers the corpus and the shape, so a method with other text or sizes gets its own model.
+    The cache key covers the corpus and the shape, so a method with other text or sizes gets its own model. Its
+    weights are drawn from TINY_SEED on a forked RNG: the same on every build, and the global RNG is left as it was
+    (a run must not draw differently because its tiny model was built now rather than found in the cache).
     """
     if name not in TINY_MODELS:
         raise UserError(f"unknown tiny model '{name}'; known: {', '.join(TINY_MODELS)}")
@@ -150,8 +157,9 @@ def tiny_model_path(name: str, cache_dir: str | Path, corpus: Iterable[str] | No
         config_cls = {"llama": LlamaConfig, "phi": PhiConfig, "qwen2": Qwen2Config}[arch]
         config = config_cls(max_position_embeddings=512, tie_word_embeddings=False, **ids, **spec)
         auto = AutoModelForCausalLM
-    torch.manual_seed(0)
-    model = auto.from_config(config)
+    with torch.random.fork_rng(devices=[]):  # weights on the CPU: only its generator is drawn from
+        torch.manual_seed(TINY_SEED)
+        model = auto.from_config(config)
     # Every torchrun rank may build it at once: each writes its own temp dir, the first rename wins.
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -180,10 +188,14 @@ def load_model(
     head: str = "causal-lm",
     num_labels: int | None = None,
     corpus: Iterable[str] | None = None,
+    seed: int = 0,
+    label: str = "model",
 ):
     """Load (model, tokenizer) by hub name or local path. `path` overrides cfg.name_or_path (e.g. our own checkpoint).
 
-    A directory holding a peft adapter (adapter_config.json) is loaded onto its base model.
+    A directory holding a peft adapter (adapter_config.json) is loaded onto its base model. Weights the checkpoint
+    lacks (a new classification head for `num_labels`) are drawn from (seed, label) on a forked RNG (common.seeding):
+    pass the run's seed and a label naming the model's role in the run.
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -204,13 +216,14 @@ def load_model(
         kwargs["num_labels"] = num_labels
     adapter = Path(name).expanduser() / "adapter_config.json"
     try:
-        if adapter.is_file():
-            from peft import PeftModel
+        with seeded(seed, f"{label}/{head}"):
+            if adapter.is_file():
+                from peft import PeftModel
 
-            base_name = json.loads(adapter.read_text())["base_model_name_or_path"]
-            model = PeftModel.from_pretrained(heads[head].from_pretrained(base_name, **kwargs), name)
-        else:
-            model = heads[head].from_pretrained(name, **kwargs)
+                base_name = json.loads(adapter.read_text())["base_model_name_or_path"]
+                model = PeftModel.from_pretrained(heads[head].from_pretrained(base_name, **kwargs), name)
+            else:
+                model = heads[head].from_pretrained(name, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
     except OSError as e:
         raise UserError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from None
@@ -227,12 +240,18 @@ def load_causal_lm(
     cache_dir: str | Path = ".cache",
     path: str | Path | None = None,
     corpus: Iterable[str] | None = None,
+    seed: int = 0,
+    label: str = "model",
 ):
-    return load_model(cfg, cache_dir, path=path, head="causal-lm", corpus=corpus)
+    return load_model(cfg, cache_dir, path=path, head="causal-lm", corpus=corpus, seed=seed, label=label)
 
 
-def attach_lora(model: torch.nn.Module, cfg: ModelConfig | DictConfig | dict) -> torch.nn.Module:
-    """Wrap the model with LoRA adapters from config (peft); r = 0 means full fine-tuning and returns it unchanged."""
+def attach_lora(
+    model: torch.nn.Module, cfg: ModelConfig | DictConfig | dict, seed: int = 0, label: str = "lora"
+) -> torch.nn.Module:
+    """Wrap the model with LoRA adapters from config (peft); r = 0 means full fine-tuning and returns it unchanged.
+    The adapters (and a sequence classifier's head that peft sets to train) start from (seed, label) on a forked RNG
+    (common.seeding): pass the run's seed and a label naming the model's role in the run."""
     lora = _as_model_config(cfg).lora
     if lora.r == 0:
         return model
@@ -245,7 +264,8 @@ def attach_lora(model: torch.nn.Module, cfg: ModelConfig | DictConfig | dict) ->
     config = LoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type=task
     )
-    return get_peft_model(model, config)
+    with seeded(seed, label):
+        return get_peft_model(model, config)
 
 
 def without_adapters(model: torch.nn.Module) -> Callable[..., Any]:

@@ -160,8 +160,13 @@ def fit_classifier(
     out_dir: str | Path,
     logger: Any = None,
     evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+    seed: int | None = None,
+    label: str = "classifier",
 ):
-    """common.trainer.fit on padded batches; `loss(logits, targets)` (float32 logits) gives the training loss."""
+    """common.trainer.fit on padded batches; `loss(logits, targets)` (float32 logits) gives the training loss. Its
+    random draws (dropout) come from (seed, label) on a forked RNG (common.seeding; seed: the run's, by default the
+    trainer's), not from what earlier steps of the run left in the global RNG."""
+    from common.seeding import seeded
     from common.trainer import Task, fit
 
     pad_id = tokenizer.pad_token_id
@@ -173,7 +178,8 @@ def fit_classifier(
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return loss(logits.float(), batch["targets"]), {}
 
-    return fit(Task(model, train, collate, step, evaluate), cfg, out_dir, logger)
+    with seeded(cfg.seed if seed is None else seed, label):
+        return fit(Task(model, train, collate, step, evaluate), cfg, out_dir, logger)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -354,15 +360,21 @@ def save_untrained(
     max_length: int = 128,
     heads: str = PER_DIMENSION,
     kind: str = "untrained",
+    seed: int = 0,
 ) -> Path:
     """A scorer with a freshly initialised head on one model (a tiny offline one by default): for tests and for
-    checking a pipeline end to end before a scorer is trained. Its labels mean nothing."""
+    checking a pipeline end to end before a scorer is trained. Its labels mean nothing; its head is drawn from
+    `seed` alone (common.seeding), whatever the global RNG holds."""
     from common.config import ModelConfig
     from common.models import load_model
 
     spec = ScorerModel("model", list(num_labels), template, max_length, dict(num_labels), safe_labels, heads)
-    torch.manual_seed(0)
     model, tokenizer = load_model(
-        ModelConfig(name_or_path=name_or_path), cache_dir, head="seq-cls", num_labels=spec.outputs
+        ModelConfig(name_or_path=name_or_path),
+        cache_dir,
+        head="seq-cls",
+        num_labels=spec.outputs,
+        seed=seed,
+        label=f"untrained/{kind}",
     )
     return save_scorer(path, kind, [(spec, model, tokenizer)])

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from common.config import LoraConfig, ModelConfig
 from common.errors import UserError
@@ -91,3 +92,37 @@ def test_the_base_without_adapters_is_the_reference_a_second_copy_would_be(tmp_p
         torch.testing.assert_close(reference, copy(**batch).logits)
         assert not torch.allclose(model(**batch).logits, reference)
     assert model.training and not reference.requires_grad  # back in training mode; no graph kept
+
+
+def test_building_a_tiny_model_leaves_the_global_rng_alone(tmp_path):
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    path = tiny_model_path("tiny-llama", tmp_path, CORPUS)
+    assert torch.equal(torch.get_rng_state(), before)
+    again = tiny_model_path("tiny-llama", tmp_path / "other", CORPUS)  # built elsewhere from another RNG state
+    assert load_file(path / "model.safetensors").keys() == load_file(again / "model.safetensors").keys()
+    for name, weight in load_file(path / "model.safetensors").items():
+        assert torch.equal(weight, load_file(again / "model.safetensors")[name]), name
+
+
+def test_heads_and_adapters_start_from_the_seed_not_the_global_rng(tmp_path):
+    cfg = ModelConfig(name_or_path="tiny-llama", lora=LoraConfig(r=4))
+    tiny_model_path("tiny-llama", tmp_path, CORPUS)
+
+    def fresh(seed: int, global_seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(global_seed)
+        model, _ = load_model(cfg, tmp_path, head="seq-cls", num_labels=3, corpus=CORPUS, seed=seed, label="judge")
+        model = attach_lora(model, cfg, seed=seed, label="judge/lora")
+        return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+    state = torch.get_rng_state()
+    one = fresh(seed=1, global_seed=5)
+    assert torch.equal(torch.get_rng_state(), torch.manual_seed(5).get_state())  # nothing drawn from it
+    torch.set_rng_state(state)
+    same, other = fresh(seed=1, global_seed=6), fresh(seed=2, global_seed=5)
+    assert any("score" in k for k in one) and any("lora_A" in k for k in one)
+    assert all(torch.equal(one[k], same[k]) for k in one)
+    assert not torch.equal(
+        one["base_model.model.score.modules_to_save.default.weight"],
+        other["base_model.model.score.modules_to_save.default.weight"],
+    )
