@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.config import ModelConfig
 from common.errors import UserError
+from common.io import atomic_write, failed_write, remove_dead_leftovers, write_error, writer_tag
 from common.seeding import seeded
 
 # The seed of every tiny model's weights: a tiny model stands in for a published checkpoint, which is the same
@@ -132,6 +133,9 @@ def tiny_model_path(name: str, cache_dir: str | Path, corpus: Iterable[str] | No
     texts = list(corpus) if corpus is not None else _DEFAULT_CORPUS
     digest = hashlib.sha1(json.dumps([spec, texts], sort_keys=True).encode()).hexdigest()[:10]
     path = Path(cache_dir) / "models" / f"{name}-{digest}"
+    if path.parent.is_dir():  # what builders killed mid-save left (their pid is gone); a live builder's is kept
+        remove_dead_leftovers(path.parent, f".{path.name}.tmp-*")
+        remove_dead_leftovers(path.parent, f"{path.name}.tmp-*")  # the bare-pid names of earlier versions
     if (path / "config.json").is_file():
         return path
 
@@ -160,18 +164,35 @@ def tiny_model_path(name: str, cache_dir: str | Path, corpus: Iterable[str] | No
     with torch.random.fork_rng(devices=[]):  # weights on the CPU: only its generator is drawn from
         torch.manual_seed(TINY_SEED)
         model = auto.from_config(config)
-    # Every torchrun rank may build it at once: each writes its own temp dir, the first rename wins.
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        tmp.rename(path)  # a half-built model never looks complete
-    except OSError:
-        if not (path / "config.json").is_file():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
+    _publish_tiny(model, tokenizer, path)
     return path
+
+
+def _publish_tiny(model: torch.nn.Module, tokenizer: Any, path: Path) -> None:
+    """Save a tiny model into a temp dir named by this writer and rename it into place: a half-built model never
+    looks complete. Every torchrun rank may build it at once: each writes its own temp dir, the first rename wins
+    (a complete model is never swapped under a rank that is loading it). A full disk or a read-only cache is one
+    line, with the temp dir removed."""
+    tmp = path.with_name(f".{path.name}.tmp-{writer_tag()}")
+    try:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            try:
+                os.rename(tmp, path)
+            except OSError as e:
+                if not (path / "config.json").is_file():
+                    if path.exists():  # not ours to delete: something else sits where the model goes
+                        raise UserError(f"cannot write {path}: it exists but holds no complete model") from None
+                    raise write_error(path, e) from None
+        except Exception as e:  # noqa: BLE001 - safetensors reports a full disk as its own SafetensorError
+            error = failed_write(path, e)
+            if error is None:
+                raise
+            raise error from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def resolve_model_path(
@@ -285,13 +306,12 @@ def without_adapters(model: torch.nn.Module) -> Callable[..., Any]:
 
 
 def save_model(model: torch.nn.Module, tokenizer: Any, path: str | Path) -> Path:
-    """save_pretrained as safetensors (only the adapter for a peft model), written to a temp dir and renamed."""
+    """save_pretrained as safetensors (only the adapter for a peft model), written to this writer's temp dir and
+    swapped in by common.io.atomic_write: an older model at `path` is renamed aside before it is deleted, never
+    deleted first, and a full disk is one line with the temp dir removed."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    with atomic_write(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
     return path

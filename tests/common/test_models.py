@@ -1,3 +1,9 @@
+import errno
+import os
+import shutil
+import socket
+import subprocess
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -94,6 +100,13 @@ def test_the_base_without_adapters_is_the_reference_a_second_copy_would_be(tmp_p
     assert model.training and not reference.requires_grad  # back in training mode; no graph kept
 
 
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
 def test_building_a_tiny_model_leaves_the_global_rng_alone(tmp_path):
     torch.manual_seed(123)
     before = torch.get_rng_state()
@@ -126,3 +139,48 @@ def test_heads_and_adapters_start_from_the_seed_not_the_global_rng(tmp_path):
         one["base_model.model.score.modules_to_save.default.weight"],
         other["base_model.model.score.modules_to_save.default.weight"],
     )
+
+
+def test_a_full_disk_while_a_tiny_model_is_saved_is_one_line_and_leaves_no_partial_dir(small_disk):
+    with pytest.raises(UserError) as e:
+        tiny_model_path("tiny-llama", small_disk / "cache", CORPUS)
+    message = str(e.value)
+    assert message.startswith(f"cannot write {small_disk / 'cache' / 'models'}/tiny-llama-") and "\n" not in message
+    assert "no space left on device" in message.lower()
+    assert list((small_disk / "cache" / "models").iterdir()) == []  # no temp dir, no half-built model
+
+
+def test_a_dead_builders_temp_is_removed_at_the_next_build_and_a_live_ones_kept(tmp_path):
+    path = tiny_model_path("tiny-llama", tmp_path, CORPUS)
+    shutil.rmtree(path)
+    dead = dead_pid()
+    leftovers = [
+        path.with_name(f".{path.name}.tmp-{dead}@{socket.gethostname()}"),
+        path.with_name(f"{path.name}.tmp-{dead}"),  # the bare-pid name earlier versions wrote
+    ]
+    live = path.with_name(f".{path.name}.tmp-{os.getppid()}@{socket.gethostname()}")
+    for d in [*leftovers, live]:
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+    assert tiny_model_path("tiny-llama", tmp_path, CORPUS) == path and (path / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.joinpath("models").iterdir()) == sorted([path.name, live.name])
+
+
+def test_save_model_swaps_the_new_copy_in_and_keeps_the_old_one_when_the_save_fails(tmp_path, monkeypatch):
+    model, tok = load_causal_lm(ModelConfig(name_or_path="tiny-llama"), tmp_path, corpus=CORPUS)
+    target = tmp_path / "saved"
+    target.mkdir()
+    (target / "old.txt").write_text("the previous model")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tok, "save_pretrained", full)
+    with pytest.raises(UserError, match=r"^cannot write .*saved: No space left on device$"):
+        save_model(model, tok, target)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "models") == ["saved"]  # no temp left
+    assert (target / "old.txt").read_text() == "the previous model"  # never deleted before the new one is complete
+    monkeypatch.undo()
+    save_model(model, tok, target)
+    assert (target / "model.safetensors").is_file() and not (target / "old.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "models") == ["saved"]
