@@ -20,11 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from accelerate.utils import set_seed
 
 from common.checkpoint import load_module, save_module
 from common.errors import UserError
 from common.loggers import Prefixed
+from common.seeding import seeded
 from common.stages import run_stage, stage_path
 from common.trainer import Task, fit
 from methods.dqmq import data as dq
@@ -99,9 +99,9 @@ def pretrained_fp(cfg: DQMQConfig, s: Setup, run_dir: Path, logger) -> Path:
     kwargs = model_kwargs(cfg, "fp", s.images)
 
     def write(tmp: Path) -> None:
-        set_seed(cfg.seed)
-        task = Task(QuantModel(**{**kwargs, "pretrained": cfg.net.pretrained}), s.train_set, s.collate, task_loss)
-        result = fit(task, cfg.pretrain.trainer, run_dir / "fp_pretrain", Prefixed(logger, "fp_pretrain"))
+        with seeded(cfg.seed, "dqmq/fp_pretrain"):  # its weights and training draw from the seed alone
+            task = Task(QuantModel(**{**kwargs, "pretrained": cfg.net.pretrained}), s.train_set, s.collate, task_loss)
+            result = fit(task, cfg.pretrain.trainer, run_dir / "fp_pretrain", Prefixed(logger, "fp_pretrain"))
         save_module(result.model.cpu(), tmp, "dqmq.model", "quant", kwargs)
 
     return run_stage("full-precision network", path, write)
@@ -110,7 +110,11 @@ def pretrained_fp(cfg: DQMQConfig, s: Setup, run_dir: Path, logger) -> Path:
 def train_one(cfg: DQMQConfig, name: str, s: Setup, fp_dir: Path, run_dir: Path, logger, budget: float | None):
     """Train one method from the full-precision weights for `trainer` (fp too, so that every row has had the same
     training); returns the trained model (saved too)."""
-    set_seed(cfg.seed)  # each method's run depends on the seed alone, not on what ran (or was cached) before it
+    with seeded(cfg.seed, f"dqmq/{name}"):  # each method's run depends on the seed alone, not on what ran before it
+        return _train_one(cfg, name, s, fp_dir, run_dir, logger, budget)
+
+
+def _train_one(cfg: DQMQConfig, name: str, s: Setup, fp_dir: Path, run_dir: Path, logger, budget: float | None):
     kwargs = model_kwargs(cfg, name, s.images)
     model = QuantModel(**kwargs)
     fp, _ = load_module(fp_dir)

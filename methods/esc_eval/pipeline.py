@@ -7,6 +7,7 @@ stale model. ESC-RANK's per-dimension adapters are stages of their own: a killed
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from functools import cache
@@ -139,7 +140,9 @@ def role_model(cfg: EscEvalConfig, logger: Logger | None = None) -> str:
         ]
         print(f"ESC-Role: fine-tuning on {len(examples)} dialogues", flush=True)
         log = logger and Prefixed(logger, "role")
-        trained = finetune(model, tokenizer, examples, r.model, r.trainer, work, "role.model", log)
+        trained = finetune(
+            model, tokenizer, examples, r.model, r.trainer, work, "role.model", log, label="esc_eval/role"
+        )
         return trained, tokenizer
 
     def write(tmp: Path, trained) -> None:
@@ -168,8 +171,12 @@ def rank_dir(cfg: EscEvalConfig, logger: Logger | None = None) -> tuple[Path, di
         if not rank.adapter_dir(root, name, cfg.data.language).exists()
     }
     facts = {"rank/train_dialogues": float(len(dialogues))}
+    # What training found is kept beside the models, so that a run finding them cached reports it too.
+    facts_file = root / "train_facts.json"
     if not todo:
         print(f"[ cached ] ESC-RANK: {root}")
+        if facts_file.is_file():
+            facts.update(json.loads(facts_file.read_text(encoding="utf-8")))
         return root, facts
 
     @cache
@@ -186,15 +193,19 @@ def rank_dir(cfg: EscEvalConfig, logger: Logger | None = None) -> tuple[Path, di
             chosen = [e for dim in (k.dimensions if name == "all" else [name]) for e in per_dim[dim]]
             print(f"ESC-RANK {name}: fine-tuning on {len(chosen)} examples ({cut} prompts cut)", flush=True)
             log = logger and Prefixed(logger, f"rank_{name}")
-            return finetune(model, tokenizer, chosen, k.model, cfg.trainer, work, "rank.model", log), tokenizer
+            trained = finetune(
+                model, tokenizer, chosen, k.model, cfg.trainer, work, "rank.model", log, label=f"esc_eval/rank/{name}"
+            )
+            return trained, tokenizer
 
         def write(tmp: Path, trained, work: Path = work) -> None:
             save_model(*trained, tmp)
             shutil.rmtree(work, ignore_errors=True)
 
         run_stage(f"ESC-RANK {name}", folder, write, compute=train)
-    facts["rank/train_prompts_cut"] = float(examples()[1])
-    return root, facts
+    trained = {"rank/train_prompts_cut": float(examples()[1])}
+    write_json(facts_file, trained)
+    return root, {**facts, **trained}
 
 
 def rank_folders(cfg: EscEvalConfig, root: Path, language: str) -> dict[str, Path]:

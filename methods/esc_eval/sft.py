@@ -17,6 +17,7 @@ from common.config import ModelConfig, TrainerConfig
 from common.errors import UserError
 from common.lm import IGNORE, Encoded, collate, sequence_nll
 from common.models import attach_lora
+from common.seeding import seeded
 from common.trainer import Task, fit
 
 
@@ -68,16 +69,20 @@ def finetune(
     work: Path,
     key: str,
     logger=None,
+    label: str | None = None,
 ):
     """LoRA (model_cfg.lora.r > 0) or full fine-tuning on the examples with the shared trainer; the trained model.
-    `key` names the model's settings in errors."""
+    `key` names the model's settings in errors. The adapters and the training draw from (trainer.seed, label) alone
+    (common.seeding; label: `key` unless given): the seed the trained model's cache key holds, never what ran before."""
     kept = [e for e in examples if any(label != IGNORE for label in e.labels)]
     if not kept:
         raise UserError("no training example keeps a target token after cutting to max_length; raise max_length")
+    label = label or key
     try:
-        model = attach_lora(model, model_cfg)
+        model = attach_lora(model, model_cfg, seed=trainer.seed, label=f"{label}/lora")
     except ValueError as e:  # peft: no module of the model has the names in target_modules
         first = str(e).splitlines()[0]
         raise UserError(f"{key}.lora.target_modules={list(model_cfg.lora.target_modules)}: {first}") from None
     task = Task(model=model, train_data=kept, collate=lambda b: collate(b, tokenizer.pad_token_id), loss=token_loss)
-    return fit(task, trainer, work, logger).model
+    with seeded(trainer.seed, f"{label}/train"):
+        return fit(task, trainer, work, logger).model

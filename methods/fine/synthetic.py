@@ -201,6 +201,7 @@ def model_path(cache_dir: str | Path, base: str, exs: Sequence[Example], trainer
 def fit(out: Path, cache_dir: str | Path, base: str, exs: Sequence[Example], trainer: TrainerConfig) -> None:
     """Fit a tiny chat model (`base`, built offline from the examples' text) to the examples' replies; save to out."""
     from common.models import load_model, save_model
+    from common.seeding import seeded
     from common.trainer import Task
     from common.trainer import fit as fit_task
 
@@ -218,6 +219,8 @@ def fit(out: Path, cache_dir: str | Path, base: str, exs: Sequence[Example], tra
         return nll.sum() / count.sum(), {}
 
     task = Task(model, encoded, lambda items: collate(items, tokenizer.pad_token_id), loss)
-    with tempfile.TemporaryDirectory() as scratch:  # the trainer's working dir; only the fitted model is kept
+    # The trainer's working dir is scratch: only the fitted model is kept. Its draws come from the seed its cache key
+    # holds (the trainer's), not from what the run did before.
+    with tempfile.TemporaryDirectory() as scratch, seeded(trainer.seed, "fine/demo_model"):
         result = fit_task(task, trainer, scratch)
     save_model(result.model, tokenizer, out)

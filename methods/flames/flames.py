@@ -123,8 +123,11 @@ def train_scorer(
     s = spec(cfg.max_length)
     texts = [s.text(r.dimension, r.prompt, r.response) for r in train]
     # The corpus only matters for a tiny offline model, whose tokenizer is trained on it.
-    model, tokenizer = load_model(cfg.model, cfg.cache_dir, head="seq-cls", num_labels=s.outputs, corpus=texts)
-    model = attach_lora(model, cfg.model)
+    # Its heads, adapters and training draw from the run's seed alone (common.seeding), never from what ran before.
+    model, tokenizer = load_model(
+        cfg.model, cfg.cache_dir, head="seq-cls", num_labels=s.outputs, corpus=texts, seed=cfg.seed, label="flames"
+    )
+    model = attach_lora(model, cfg.model, seed=cfg.seed, label="flames/lora")
     train_set, truncated = examples(tokenizer, texts, [targets(r) for r in train], s.max_length)
 
     def evaluate(m) -> dict[str, float]:
@@ -133,7 +136,16 @@ def train_scorer(
 
     print(f"training the Flames scorer ({cfg.model.name_or_path}) on {len(train)} records")
     result = fit_classifier(
-        model, tokenizer, train_set, multi_head_loss, cfg.trainer, run_dir / "model", logger, evaluate if val else None
+        model,
+        tokenizer,
+        train_set,
+        multi_head_loss,
+        cfg.trainer,
+        run_dir / "model",
+        logger,
+        evaluate if val else None,
+        seed=cfg.seed,
+        label="flames/train",
     )
     counts = {d: [sum(r.score == v for r in train if r.dimension == d) for v in SCORES[d]] for d in DIMENSIONS}
     save_scorer(path, "flames", [(s, result.model, tokenizer)], train_score_counts=counts)

@@ -86,15 +86,26 @@ def label_metrics(truth: Sequence[int], predicted: Sequence[int]) -> dict[str, f
 
 
 def train_judge(
-    judge: Judge, train: list[Record], val: list[Record], cache_dir: str, out_dir: Path, logger, batch_size: int
+    judge: Judge,
+    train: list[Record],
+    val: list[Record],
+    cache_dir: str,
+    out_dir: Path,
+    logger,
+    batch_size: int,
+    seed: int,
 ):
     """Fine-tune one classifier (cross-entropy), the best epoch chosen on validation when trainer.best_metric says so.
-    Returns (model, tokenizer, inputs of the training set cut at max_length)."""
+    Its head, adapters and training draw from the run's `seed` (and the judge's name) alone. Returns (model, tokenizer,
+    inputs of the training set cut at max_length)."""
     spec = judge.spec
     texts = _texts(spec, train)
+    name = f"guardrank/{spec.dir}"
     # The corpus only matters for a tiny offline model, whose tokenizer is trained on it.
-    model, tokenizer = load_model(judge.model, cache_dir, head="seq-cls", num_labels=spec.outputs, corpus=texts)
-    model = attach_lora(model, judge.model)
+    model, tokenizer = load_model(
+        judge.model, cache_dir, head="seq-cls", num_labels=spec.outputs, corpus=texts, seed=seed, label=name
+    )
+    model = attach_lora(model, judge.model, seed=seed, label=f"{name}/lora")
     train_set, truncated = examples(tokenizer, texts, [r.score for r in train], spec.max_length)
     val_texts, val_labels = _texts(spec, val), [r.score for r in val]
 
@@ -103,7 +114,16 @@ def train_judge(
         return {f"val/{k}": v for k, v in label_metrics(val_labels, out.labels).items()}
 
     result = fit_classifier(
-        model, tokenizer, train_set, F.cross_entropy, judge.trainer, out_dir, logger, evaluate if val else None
+        model,
+        tokenizer,
+        train_set,
+        F.cross_entropy,
+        judge.trainer,
+        out_dir,
+        logger,
+        evaluate if val else None,
+        seed=seed,
+        label=f"{name}/train",
     )
     return result.model, tokenizer, truncated
 
@@ -130,6 +150,7 @@ def train_scorer(
             run_dir / judge.spec.dir,
             logger,
             cfg.eval.batch_size,
+            cfg.seed,
         )
         metrics[f"{judge.spec.dir}/train_truncated"] = float(truncated)
         parts.append((judge.spec, model, tokenizer))

@@ -30,6 +30,7 @@ from torch import nn
 
 from common.errors import UserError
 from common.registry import get, names, register
+from common.seeding import seeded
 from methods.m4.config import ExtractConfig
 
 log = logging.getLogger(__name__)
@@ -318,7 +319,10 @@ def build_backbone(cfg: ExtractConfig, allow_random: bool = False, **overrides: 
             "RetCCL weights are not on a hub: download them (github.com/Xiyue-Wang/RetCCL) and set extract.weights=<file>"
         )
     spec = spec_of(name)
-    model = spec(weights, **overrides).eval()
+    # Random weights stand in for a published encoder: drawn from a fixed seed, so that features cached under the
+    # extract settings are the ones a fresh extraction gives, whatever the run's seed or what it drew before.
+    with seeded(0, f"m4/backbone/{name}"):
+        model = spec(weights, **overrides).eval()
     if weights == "random":
         warnings.warn(
             f"extract: backbone '{name}' has RANDOM weights; use this only for tests and the synthetic demo",

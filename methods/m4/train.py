@@ -91,16 +91,16 @@ def _val_score(model: torch.nn.Module, dataset: m4data.BagDataset, genes: list[s
 
 
 def fit_model(cfg: M4Config, run: ModelRun, labels: m4data.Labels, features_dir: Path) -> torch.nn.Module:
-    from accelerate.utils import set_seed
-
     from common.loggers import make_logger
+    from common.seeding import seeded
     from common.trainer import Task, fit
 
     genes = [labels.genes[c] for c in run.gene_cols]
     train_ds = m4data.BagDataset(labels, run.split.train, features_dir, run.gene_cols, cfg.train.cache_features)
     val_ds = m4data.BagDataset(labels, run.split.val, features_dir, run.gene_cols, cfg.train.cache_features)
-    set_seed(cfg.seed)  # the same initial weights for a model on every split
-    model = create("m4.model", run.name, **run.kwargs)
+    # The same initial weights (and dropout draws) for a model on every split, from the seed alone.
+    with seeded(cfg.seed, f"m4/{run.name}"):
+        model = create("m4.model", run.name, **run.kwargs)
     weight = pos_weights(cfg.train.pos_weight, labels.y[run.split.train][:, run.gene_cols])
     # Without checkpoints short runs are cheaper to redo than to checkpoint every epoch.
     never = {} if cfg.train.save_checkpoints else {"save_every": 10**12}
@@ -114,7 +114,8 @@ def fit_model(cfg: M4Config, run: ModelRun, labels: m4data.Labels, features_dir:
     )
     logger = make_logger(cfg.logger, run.out_dir)
     try:
-        return fit(task, trainer, run.out_dir, logger).model
+        with seeded(cfg.seed, f"m4/{run.name}/train"):
+            return fit(task, trainer, run.out_dir, logger).model
     finally:
         logger.finish()
 

@@ -158,14 +158,16 @@ def backbone_path(cfg: MedMFGConfig, source: Domain) -> Path:
 def pretrained_backbone(cfg: MedMFGConfig, source: Domain, logger: Logger | None = None) -> Path:
     """The backbone trained on the source classes (a stage: made once per setting); returns its directory, whose
     model.json records the held-out source accuracy."""
-    from accelerate.utils import set_seed
-
+    from common.seeding import seeded
     from common.trainer import Task, fit
 
     path = backbone_path(cfg, source)
 
     def write(tmp: Path) -> None:
-        set_seed(cfg.seed)
+        with seeded(cfg.seed, "medmfg/backbone"):  # its weights and training draw from the seed alone
+            pretrain(tmp)
+
+    def pretrain(tmp: Path) -> None:
         model, name, kwargs = build(cfg)
         metrics: dict[str, float] = {}
         if cfg.backbone.pretrain:

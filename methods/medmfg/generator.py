@@ -228,11 +228,17 @@ def train_generator(
     logger: Logger | None = None,
 ) -> MedMFG:
     """Fit MedMFG on source episodes of transformed features with the shared trainer (cfg: GeneratorConfig)."""
-    from accelerate.utils import set_seed
+    from common.seeding import seeded
 
+    with seeded(seed, "medmfg/generator"):  # its weights and training draw from the seed alone
+        return _train_generator(features, labels, cfg, seed, out_dir, logger)
+
+
+def _train_generator(
+    features: torch.Tensor, labels: np.ndarray, cfg: GeneratorConfig, seed: int, out_dir: Path, logger: Logger | None
+) -> MedMFG:
     from common.trainer import Task, fit
 
-    set_seed(seed)
     model = MedMFG(features.shape[1], cfg.reduction, cfg.latent, cfg.hidden, cfg.centre)
     # Adam moves a parameter by about lr per step: from 0 the decoder's log-variance would need thousands of steps to
     # reach the features' scale, so it starts at the source's per-dimension within-class variance.

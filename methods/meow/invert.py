@@ -56,12 +56,18 @@ def hf_generator(cfg: InvertConfig, seed: int = 0, cache_dir: str | Path = ".cac
 
     from common.config import ModelConfig
     from common.models import load_causal_lm
+    from common.seeding import seeded
 
     model, tokenizer = load_causal_lm(ModelConfig(name_or_path=cfg.model), cache_dir)
     model.eval()
-    torch.manual_seed(seed)
 
     def generate(question: str, answer: str) -> list[str]:
+        # Each row's samples are drawn from (seed, its question) alone: a resumed inversion writes the rows an
+        # uninterrupted one would, whatever was generated (or found done) before them.
+        with seeded(seed, f"meow/invert/{question}"):
+            return sample(question, answer)
+
+    def sample(question: str, answer: str) -> list[str]:
         messages = [
             {"role": "system", "content": instruction(cfg.n)},
             {"role": "user", "content": user_message(question, answer)},

@@ -27,6 +27,7 @@ from common.models import (
     without_adapters,
 )
 from common.registry import get
+from common.seeding import seeded
 from common.stages import run_stage, stage_path
 from common.trainer import Task, fit
 from methods.meow import tofu_eval
@@ -96,9 +97,10 @@ def finetuned_path(cfg: MeowConfig, source: DataSource, which: str, logger: Logg
             model=model, train_data=items, collate=partial(collate, pad_id=tokenizer.pad_token_id), loss=_sft_loss
         )
         print(f"fine-tuning the {which} model on {split} ({len(items)} examples)", flush=True)
-        return fit(
-            task, cfg.finetune.trainer, work, Prefixed(logger, f"finetune_{which}") if logger else None
-        ), tokenizer
+        # Drawn from the seed the stage's key holds (the trainer's), not from what the run did before.
+        with seeded(cfg.finetune.trainer.seed, f"meow/finetune/{which}"):
+            result = fit(task, cfg.finetune.trainer, work, Prefixed(logger, f"finetune_{which}") if logger else None)
+        return result, tokenizer
 
     def write(tmp: Path, trained) -> None:
         result, tokenizer = trained
@@ -248,7 +250,7 @@ def unlearn(
     lora = cfg.model.lora.r > 0
     # Under LoRA the reference is the same weights with the adapters off, not a second copy of a 7B model.
     ref = load_lm(cfg, source, target)[0] if objective.reference and not lora else None
-    model = attach_lora(model, cfg.model)
+    model = attach_lora(model, cfg.model, seed=cfg.seed, label=f"meow/unlearn/{method}/lora")
     if objective.reference and lora:
         ref = without_adapters(model)
     forget, retain = source.load(cfg.data.forget_split), source.load(cfg.data.retain_split)
@@ -265,7 +267,8 @@ def unlearn(
         frozen=[ref] if ref is not None and not lora else [],
     )
     print(f"unlearning with {method} ({len(items)} items)", flush=True)
-    result = fit(task, cfg.trainer, out_dir / "train", Prefixed(logger, method) if logger else None)
+    with seeded(cfg.seed, f"meow/unlearn/{method}"):  # every method's run depends on the seed alone
+        result = fit(task, cfg.trainer, out_dir / "train", Prefixed(logger, method) if logger else None)
 
     def publish() -> None:
         shutil.rmtree(out_dir / "train" / "checkpoints", ignore_errors=True)  # the saved model replaces them
