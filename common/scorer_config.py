@@ -103,7 +103,8 @@ def scorer_commands(
     score: tuple[str, str, str],
 ) -> dict[str, Command]:
     """The Command declarations of a scorer method whose commands module (named, imported when a command runs) has
-    train, eval and score: train=(summary, writes, keys), eval=(summary, writes), score=(summary, reads, writes)."""
+    train, eval and score, and eval_inputs and score_inputs (their inputs, read before the scorer is loaded):
+    train=(summary, writes, keys), eval=(summary, writes), score=(summary, reads, writes)."""
     return {
         "train": Command(
             Lazy(f"{commands}:train"),
@@ -118,8 +119,14 @@ def scorer_commands(
             reads="eval.scorer (null: the latest train run's), eval.data (null: that run's test split)",
             writes=eval[1],
             keys=("eval", "cpu_threads"),
+            inputs=Lazy(f"{commands}:eval_inputs"),
         ),
         "score": Command(
-            Lazy(f"{commands}:score"), score[0], reads=score[1], writes=score[2], keys=("score", "cpu_threads")
+            Lazy(f"{commands}:score"),
+            score[0],
+            reads=score[1],
+            writes=score[2],
+            keys=("score", "cpu_threads"),
+            inputs=Lazy(f"{commands}:score_inputs"),
         ),
     }

@@ -24,7 +24,7 @@ from common.config import as_dict
 from common.errors import UserError
 from common.io import read_located
 from common.loggers import make_logger
-from common.textclf import Scorer, input_files, load_scorer, write_jsonl
+from common.textclf import Scorer, input_files, load_scorer, read_scorer_meta, write_jsonl
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Records
@@ -181,13 +181,34 @@ def train(parts: ScorerParts, cfg: Any, run_dir: Path) -> dict[str, float]:
     return {**metrics, **evaluate(parts, load_scorer(run_dir / "scorer"), test, cfg.eval.batch_size, run_dir)}
 
 
+def _eval_files(parts: ScorerParts, cfg: Any) -> tuple[Path, Path]:
+    """(the scorer dir, the labelled records) that `eval` reads."""
+    found = scorer_dir(parts, cfg.eval.scorer)
+    data = Path(cfg.eval.data or found.parent / "data" / "test.jsonl")
+    if not data.is_file():
+        raise UserError(f"{found}: no test split beside this scorer; name labelled records with eval.data=...")
+    return found, data
+
+
+def eval_inputs(parts: ScorerParts, cfg: Any) -> None:
+    """eval's inputs, read and checked before the scorer is loaded (common.cli.Command.inputs): the scorer dir's
+    scorer.json and every labelled record."""
+    found, data = _eval_files(parts, cfg)
+    read_scorer_meta(found)
+    parts.read_file(data, True)
+
+
+def score_inputs(parts: ScorerParts, cfg: Any) -> None:
+    """score's inputs, read and checked before the scorer is loaded: the scorer dir's scorer.json and the responses."""
+    read_scorer_meta(scorer_dir(parts, cfg.score.scorer))
+    for f in input_files(cfg.score.inputs):
+        parts.read_file(f, False)
+
+
 def eval(parts: ScorerParts, cfg: Any, run_dir: Path) -> dict[str, float]:  # noqa: A001 - the command is called eval
     """Evaluate a saved scorer on labelled records (by default the test split beside it) and print the table."""
     set_threads(cfg)
-    found = scorer_dir(parts, cfg.eval.scorer)
-    data = cfg.eval.data or found.parent / "data" / "test.jsonl"
-    if not Path(data).is_file():
-        raise UserError(f"{found}: no test split beside this scorer; name labelled records with eval.data=...")
+    found, data = _eval_files(parts, cfg)
     print(f"scorer: {found}; records: {data}")
     metrics = evaluate(parts, load_scorer(found), parts.read_file(data, True), cfg.eval.batch_size, run_dir)
     print("\n" + parts.eval_table(metrics))

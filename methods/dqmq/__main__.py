@@ -25,6 +25,7 @@ COMMANDS = {
             "cache_dir",
             "cpu_threads",
         ),
+        inputs=Lazy("methods.dqmq.commands:check_inputs"),
     ),
     "eval": Command(
         Lazy("methods.dqmq.commands:eval"),
@@ -32,6 +33,7 @@ COMMANDS = {
         reads="eval.run_dir's <method>/model/ (or the latest train run); eval.bits_json to run at exported bits",
         writes="levels.csv, levels.json, bits_<method>.png, pareto.png",
         keys=(*DATA, "eval", "cpu_threads"),
+        inputs=Lazy("methods.dqmq.commands:check_inputs"),
     ),
     "export": Command(
         Lazy("methods.dqmq.commands:export"),
@@ -39,6 +41,7 @@ COMMANDS = {
         reads="export.run_dir's <export.method>/model/ and the test images",
         writes="bits.json",
         keys=(*DATA, "export", "eval.batch_size", "cpu_threads"),
+        inputs=Lazy("methods.dqmq.commands:check_inputs"),
     ),
 }
 METHOD = Method("dqmq", DQMQConfig, COMMANDS, table=Lazy("methods.dqmq.train:table"))

@@ -15,6 +15,7 @@ from common.config import as_dict
 from common.errors import UserError
 from common.io import write_json
 from common.loggers import make_logger
+from methods.dqmq import data as dq
 from methods.dqmq import train as dqtrain
 from methods.dqmq.config import DQMQConfig
 from methods.dqmq.export import export_bits, read_bits
@@ -123,3 +124,10 @@ def export(cfg: DQMQConfig, run_dir: Path) -> dict[str, float]:
     agreement = [v["agreement"] for v in data["levels"].values()]
     print(f"export: bit-widths of {cfg.export.method} at {len(agreement)} quality levels -> {run_dir / 'bits.json'}")
     return {"export/levels": float(len(agreement)), "export/min_agreement": min(agreement)}
+
+
+def check_inputs(cfg: DQMQConfig) -> None:
+    """Every command's images, checked before any model is built or trained (common.cli.Command.inputs): an
+    ImageFolder's class folders from its file listing."""
+    if cfg.data.dataset == "imagefolder":
+        dq.check_image_folder(Path(cfg.data.root))

@@ -10,6 +10,7 @@ dataset is the same on every run with the same seed. Corrupted images are rounde
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,13 +142,35 @@ def _read_folder(folder: Path, image_size: int, classes: list[str]) -> tuple[tor
     return torch.stack(images), torch.tensor(labels)
 
 
-def _image_folder(root: Path, image_size: int) -> Images:
-    from torchvision.datasets import ImageFolder
+def check_image_folder(root: Path) -> tuple[Path, list[str]]:
+    """(the test split, the classes) of an ImageFolder data.root, checked from its file listing (no image decoded):
+    train/ and val/ (or test/), the same class folders in both, at least two, each with an image file that
+    torchvision's ImageFolder would read (an empty one is otherwise its traceback, and one class trains to
+    accuracy 1.0)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
     test_dir = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
     if not (root / "train").is_dir() or test_dir is None:
         raise UserError(f"data.root={root}: an ImageFolder needs train/ and val/ (or test/) with one folder per class")
-    classes = ImageFolder(str(root / "train"), loader=lambda p: p).classes
+    classes: list[str] = []
+    for split in (root / "train", test_dir):
+        found = find_classes(str(split))[0] if any(d.is_dir() for d in split.iterdir()) else []
+        if split.name != "train" and found != classes:
+            raise UserError(f"{split}: class folders {found} differ from the training split's {classes}")
+        if len(found) < 2:
+            raise UserError(
+                f"{split}: {len(found)} class folder(s) ({', '.join(found) or 'none'}); a classifier needs at least 2"
+            )
+        for name in found:
+            files = (f for _, _, names in os.walk(split / name, followlinks=True) for f in names)
+            if not any(f.lower().endswith(IMG_EXTENSIONS) for f in files):
+                raise UserError(f"{split / name}: class folder without an image ({', '.join(IMG_EXTENSIONS)})")
+        classes = found
+    return test_dir, classes
+
+
+def _image_folder(root: Path, image_size: int) -> Images:
+    test_dir, classes = check_image_folder(root)
     return Images(
         *_read_folder(root / "train", image_size, classes), *_read_folder(test_dir, image_size, classes), classes
     )

@@ -14,6 +14,7 @@ COMMANDS = {
         reads="data.* (null: the synthetic set)",
         writes="everything the four commands write",
         keys=(*DATA, *ROLE, *RANK, "dialogue", "esc", "logger", "seed"),
+        inputs=Lazy("methods.esc_eval.commands:train_inputs"),
     ),
     "train-role": Command(
         Lazy("methods.esc_eval.commands:train_role"),
@@ -21,6 +22,7 @@ COMMANDS = {
         reads="data.role_cards + data.role_dialogues",
         writes="role_model.json; the model under cache_dir/esc_eval/role",
         keys=(*DATA, *ROLE, "logger", "seed"),
+        inputs=Lazy("methods.esc_eval.commands:role_inputs"),
     ),
     "train-rank": Command(
         Lazy("methods.esc_eval.commands:train_rank"),
@@ -28,6 +30,7 @@ COMMANDS = {
         reads="data.rank_train + data.rank_train_scores",
         writes="rank_model.json; <dim>_en/ (or all_en/) under cache_dir/esc_eval/rank",
         keys=(*DATA, *RANK, "logger", "seed"),
+        inputs=Lazy("methods.esc_eval.commands:rank_inputs"),
     ),
     "evaluate": Command(
         Lazy("methods.esc_eval.commands:evaluate"),
@@ -35,6 +38,7 @@ COMMANDS = {
         reads="data.eval_cards, the trained ESC-Role and ESC-RANK (role.trained, rank.trained), esc.*",
         writes="dialogues/<model>_<en|zh>.json, scores/<model>_<en|zh>.json (+ .outputs.json), dialogues_summary.json",
         keys=(*DATA, *ROLE, *RANK, "dialogue", "esc"),
+        inputs=Lazy("methods.esc_eval.commands:evaluate_inputs"),
     ),
     "eval-rank": Command(
         Lazy("methods.esc_eval.commands:eval_rank"),
@@ -42,6 +46,7 @@ COMMANDS = {
         reads="data.rank_test + data.rank_test_scores, the trained ESC-RANK (rank.trained)",
         writes="rank_test_predicted.json (release score format), rank_test_outputs.json",
         keys=(*DATA, *RANK),
+        inputs=Lazy("methods.esc_eval.commands:eval_rank_inputs"),
     ),
 }
 METHOD = Method("esc_eval", EscEvalConfig, COMMANDS, table=Lazy("methods.esc_eval.metrics:table"))

@@ -117,3 +117,50 @@ def train(cfg: EscEvalConfig, run_dir: Path) -> dict[str, float]:
     if failed is not None:
         raise ItemsFailed(str(failed), metrics)
     return metrics
+
+
+# ---------------------------------------------------------------- inputs
+# Each command's input files, read and checked by the CLI before the command runs (common.cli.Command.inputs): a bad
+# file is one line before any model is loaded or trained. The same readers as the commands' own.
+
+
+def role_inputs(cfg: EscEvalConfig) -> None:
+    """train-role: the role cards and dialogues, when ESC-Role is to be trained."""
+    if not cfg.role.trained:
+        pipeline.role_data(cfg)
+
+
+def rank_inputs(cfg: EscEvalConfig) -> None:
+    """train-rank: the rubrics, and the scored training dialogues when ESC-RANK is to be trained."""
+    rank.rubrics(cfg.rank.rubric_file)
+    if not cfg.rank.trained:
+        pipeline.rank_data(cfg, "rank_train")
+
+
+def _trained_rank(cfg: EscEvalConfig, languages: set[str]) -> None:
+    if cfg.rank.trained:
+        for language in sorted(languages):
+            pipeline.rank_folders(cfg, Path(cfg.rank.trained), language)
+
+
+def evaluate_inputs(cfg: EscEvalConfig) -> None:
+    """evaluate: the cards, and what ESC-Role and ESC-RANK are trained on (or the trained ESC-RANK's folders)."""
+    cards = pipeline.eval_cards(cfg)
+    role_inputs(cfg)
+    rank_inputs(cfg)
+    _trained_rank(cfg, {c.language for c in cards})
+
+
+def eval_rank_inputs(cfg: EscEvalConfig) -> None:
+    """eval-rank: the held-out scored dialogues, and what ESC-RANK is trained on (or its folders)."""
+    pipeline.rank_data(cfg, "rank_test")
+    rank_inputs(cfg)
+    if cfg.data.rank_train is not None:  # the majority baseline's scores, even when ESC-RANK is given trained
+        pipeline.rank_data(cfg, "rank_train")
+    _trained_rank(cfg, {cfg.data.language})
+
+
+def train_inputs(cfg: EscEvalConfig) -> None:
+    """train: every command's inputs."""
+    evaluate_inputs(cfg)
+    eval_rank_inputs(cfg)

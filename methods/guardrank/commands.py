@@ -47,4 +47,6 @@ PARTS = scorers.ScorerParts(
 train = partial(scorers.train, PARTS)
 eval = partial(scorers.eval, PARTS)  # noqa: A001 - the command is called eval
 score = partial(scorers.score, PARTS)
+eval_inputs = partial(scorers.eval_inputs, PARTS)  # read and checked before the scorer is loaded (Command.inputs)
+score_inputs = partial(scorers.score_inputs, PARTS)
 _scorer_dir = partial(scorers.scorer_dir, PARTS)  # a scorer dir: the one named, else the latest train run's

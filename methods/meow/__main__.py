@@ -12,6 +12,7 @@ COMMANDS = {
         reads="data.*, model.*",
         writes="models.json; models under cache_dir/meow/models",
         keys=(*MODELS, "eval.max_new_tokens", "eval.batch_size"),
+        inputs=Lazy("methods.meow.commands:check_inputs"),
     ),
     "invert": Command(
         Lazy("methods.meow.commands:invert"),
@@ -19,6 +20,7 @@ COMMANDS = {
         reads="the forget split; an inverter (invert.generator)",
         writes="inverted.json; cache_dir/meow/inverted (resumed row by row)",
         keys=("data", "invert", "cache_dir", "seed"),
+        inputs=Lazy("methods.meow.commands:check_inputs"),
     ),
     "memo": Command(
         Lazy("methods.meow.commands:memo"),
@@ -26,6 +28,7 @@ COMMANDS = {
         reads="inverted facts, the fine-tuned target",
         writes="memo.json, memo_hist.png; cache_dir/meow/memo",
         keys=(*MODELS, "invert", "memo", "shard", "num_shards"),
+        inputs=Lazy("methods.meow.commands:check_inputs"),
     ),
     "train": Command(
         Lazy("methods.meow.commands:train"),
@@ -33,6 +36,7 @@ COMMANDS = {
         reads="every stage above (cached) and the retain reference",
         writes="memo.json, selected.json, <method>/model, eval/<model>/, tofu_metrics.json",
         keys=(*MODELS, "invert", "memo", "select", "loss", "trainer", "eval", "method", "compare", "save_models"),
+        inputs=Lazy("methods.meow.commands:check_inputs"),
     ),
     "eval": Command(
         Lazy("methods.meow.commands:eval"),
@@ -40,6 +44,7 @@ COMMANDS = {
         reads="eval.model_path (or the fine-tuned target), the retain reference",
         writes="eval/ (TOFU logs)",
         keys=(*MODELS, "eval"),
+        inputs=Lazy("methods.meow.commands:check_inputs"),
     ),
     "score": Command(
         Lazy("methods.meow.commands:score_logs"),

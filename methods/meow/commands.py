@@ -17,6 +17,7 @@ from methods.meow import tofu_eval
 from methods.meow.config import MeowConfig
 from methods.meow.memo import answer_keys
 from methods.meow.pipeline import (
+    eval_splits,
     evaluate,
     finetuned_path,
     given_scored_rows,
@@ -139,3 +140,37 @@ def score_logs(cfg: MeowConfig, run_dir: Path) -> dict[str, float]:
         print("no eval.retain_log given: model utility only, no forget quality")
     print("\n" + tofu_eval.table(tofu_eval.flat({cfg.eval.run_logs: result})) + "\n")
     return result
+
+
+def check_inputs(cfg: MeowConfig) -> None:
+    """The data a command reads, loaded and checked before any model is built or trained (common.cli.Command.inputs):
+    every TOFU split it needs (a missing split file or field is one line), memo.path and invert.path against the
+    forget split, and eval.retain_log."""
+    d, f, e = cfg.data, cfg.finetune, cfg.eval
+    source = source_of(cfg)
+    command = cfg.command
+    # Which models the command fine-tunes first: the target (eval: unless eval.model_path is given), the retain model
+    # (train, eval: unless eval.retain_log stands for it).
+    target = f.target is None and (command in ("finetune", "memo", "train") or (command == "eval" and not e.model_path))
+    retain = f.retain is None and (command == "finetune" or (command in ("train", "eval") and not e.retain_log))
+    splits = []
+    if target:
+        splits.append(d.full_split)
+    if retain or command == "train":  # unlearning trains on the retain split too
+        splits.append(d.retain_split)
+    if target or retain:
+        splits += d.extra_finetune_splits
+    if command in ("invert", "memo", "train"):
+        splits.append(d.forget_split)
+    if command == "finetune":
+        splits.append(f"{d.forget_split}_perturbed")
+    for split in dict.fromkeys(splits):
+        source.load(split)
+    if command in ("train", "eval"):
+        eval_splits(cfg, source)
+        if e.retain_log:
+            reference_forget_log(cfg, None)
+    if command == "train" and cfg.memo.path:
+        given_scored_rows(cfg, source)
+    elif command in ("invert", "memo", "train") and cfg.invert.path:  # read as given (nothing is generated)
+        inverted_rows(cfg, source)
