@@ -221,7 +221,9 @@ def main(method: Method, argv: list[str] | None = None, conf_dir: str = CONF_DIR
     sweep = "-m" in flags or "--multirun" in flags
     out_dir = next(o for o in overrides if o.startswith(f"hydra.{'sweep' if sweep else 'run'}.dir=")).split("=", 1)[1]
     _check_writable(out_dir)
-    if not sweep and "${" not in out_dir:  # one writer per run dir, before Hydra writes .hydra/ there
+    # One writer per run dir, taken before Hydra writes .hydra/ there; a sweep's jobs and a run dir Hydra
+    # interpolates are held by the job once its dir is known, and --cfg/--info run nothing.
+    if not flags and "${" not in out_dir:
         try:
             hold_run_dir(out_dir)
         except UserError as e:
