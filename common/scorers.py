@@ -94,6 +94,16 @@ def labels_by_dimension(
     return {dim: mine for dim, mine in out.items() if mine}
 
 
+def check_validation(at: str, best_metric: str | None, dimensions: Sequence[str], val: Sequence[Record]) -> None:
+    """A best epoch is chosen on validation records: without any on `dimensions`, `<at>.best_metric` is refused
+    before a model is loaded (the trainer would refuse it too, but only after the model is loaded)."""
+    if best_metric is not None and not any(r.dimension in dimensions for r in val):
+        raise UserError(
+            f"{at}.best_metric={best_metric}: no validation records on {', '.join(dimensions)} to choose the best "
+            f"epoch by; give some in data.val (or raise data.val_fraction), or set {at}.best_metric=null"
+        )
+
+
 def truncated_note(metrics: dict[str, float]) -> str:
     """The line under every scorer table."""
     return f"\n\ninputs cut at max_length: {int(metrics.get('truncated', 0))}"

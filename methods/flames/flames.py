@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from common.errors import UserError
 from common.models import attach_lora, load_model
+from common.scorers import check_validation
 from common.textclf import PER_DIMENSION, Scorer, ScorerModel, classify, examples, fit_classifier, save_scorer
 from methods.flames.config import FlamesConfig
 from methods.flames.data import DIMENSIONS, SCORES, Record
@@ -120,6 +121,7 @@ def train_scorer(
     cfg: FlamesConfig, train: list[Record], val: list[Record], path: Path, run_dir: Path, logger
 ) -> dict[str, float]:
     """Fine-tune the shared encoder and its five heads; save the scorer directory."""
+    check_validation("trainer", cfg.trainer.best_metric, DIMENSIONS, val)
     s = spec(cfg.max_length)
     texts = [s.text(r.dimension, r.prompt, r.response) for r in train]
     # The corpus only matters for a tiny offline model, whose tokenizer is trained on it.

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from common.config import ModelConfig, TrainerConfig
 from common.errors import UserError
 from common.models import attach_lora, load_model
+from common.scorers import check_validation
 from common.textclf import Scorer, ScorerModel, classify, examples, fit_classifier, save_scorer
 from methods.guardrank.config import GuardRankConfig
 from methods.guardrank.data import DECODER_DIMENSIONS, ENCODER_DIMENSIONS, NUM_LABELS, Record
@@ -48,6 +49,7 @@ class Judge:
     spec: ScorerModel
     model: ModelConfig
     trainer: TrainerConfig
+    at: str  # where the trainer sits in the config, for messages
 
 
 def judges(cfg: GuardRankConfig) -> list[Judge]:
@@ -69,7 +71,10 @@ def judges(cfg: GuardRankConfig) -> list[Judge]:
         {"truthfulness": 2},
         {"truthfulness": [0]},
     )
-    return [Judge(decoder, cfg.model, cfg.trainer), Judge(encoder, cfg.encoder.model, cfg.encoder.trainer)]
+    return [
+        Judge(decoder, cfg.model, cfg.trainer, "trainer"),
+        Judge(encoder, cfg.encoder.model, cfg.encoder.trainer, "encoder.trainer"),
+    ]
 
 
 def _texts(spec: ScorerModel, records: Sequence[Record]) -> list[str]:
@@ -133,6 +138,9 @@ def train_scorer(
 ) -> dict[str, float]:
     """Train the judges that have training records and save them as one scorer directory."""
     parts, metrics = [], {}
+    for judge in judges(cfg):  # before either judge trains
+        if any(r.dimension in judge.spec.dimensions for r in train):
+            check_validation(judge.at, judge.trainer.best_metric, judge.spec.dimensions, val)
     for judge in judges(cfg):
         dims = judge.spec.dimensions
         mine = [r for r in train if r.dimension in dims]

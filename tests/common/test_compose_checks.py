@@ -196,3 +196,13 @@ def test_one_process_trains_twice_with_different_precisions(tmp_path):
     for i, precision in enumerate(["no", "bf16", "no"]):
         t = TrainerConfig(epochs=1, batch_size=8, lr=0.05, mixed_precision=precision, progress=False)
         assert fit(toy_task(), t, tmp_path / str(i)).metrics["train/loss"] > 0
+
+
+def test_fit_refuses_best_metric_for_a_task_that_evaluates_nothing_before_training(tmp_path):
+    from common.trainer import fit
+    from tests.common.toy import toy_task
+
+    t = TrainerConfig(epochs=1, batch_size=8, lr=0.05, best_metric="score", progress=False)
+    with pytest.raises(UserError, match=r"best_metric=score: this task evaluates nothing"):
+        fit(toy_task(), t, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()

@@ -191,3 +191,17 @@ def test_meow_finetune_reads_every_split_before_fine_tuning(tmp_path):
     line = one_line(proc)
     assert line.startswith(f"error: {data / 'forget05_perturbed.json'}") and "paraphrased_answer" in line
     assert "fine-tuning" not in proc.stdout and not (tmp_path / "cache" / "meow" / "models").exists()
+
+
+def test_guardrank_judge_without_validation_records_is_refused_before_either_judge_trains(tmp_path):
+    val = tmp_path / "val.jsonl"
+    val.write_text(json.dumps({"dimension": "privacy", "prompt": "p", "response": "r", "score": 0}) + "\n")
+    proc = run_method(
+        "guardrank", "train", f"data.val={val}", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert one_line(proc) == (
+        "error: encoder.trainer.best_metric=val/macro_f1: no validation records on truthfulness to choose the best "
+        "epoch by; give some in data.val (or raise data.val_fraction), or set encoder.trainer.best_metric=null"
+    )
+    assert "training the" not in proc.stdout and not (tmp_path / "run" / "decoder").exists()
