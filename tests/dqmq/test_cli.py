@@ -25,6 +25,7 @@ SMALL = [
     "pretrain.trainer.batch_size=32",
     "trainer.epochs=3",
     "trainer.batch_size=32",
+    "trainer.save_every=0",  # a checkpoint at every epoch end, as a long run has: a rerun finds one
 ]
 
 
@@ -55,6 +56,13 @@ def test_train_then_eval_and_export(tmp_path):
     # static is fitted to DQMQ's budget: at most it, and not far below on this small network
     assert 0.7 * metrics["static/budget"] <= metrics["static/train_bitops_ratio"] <= metrics["static/budget"] + 1e-12
     assert 2 <= metrics["dqmq/wbits"] <= 8 and 0 <= metrics["dqmq/acc"] <= 1
+
+    # A rerun in the finished run dir with another lambda is refused (it used to "resume" at step 60 of 60 and record
+    # the new lambda for a model trained at the old one); results.json stays the first run's.
+    again = run_cli("train", *common, "policy.lam=0.5", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert again.returncode == 2 and "policy.lam 0.25 -> 0.5" in again.stderr, again.stderr[-3000:]
+    assert len(again.stderr.strip().splitlines()) == 1 and "trainer.resume=false" in again.stderr
+    assert json.loads((run / "results.json").read_text())["metrics"] == metrics
 
     # eval of the saved models on the same data gives the train run's numbers
     evaluated = commands.eval(compose("dqmq", *common, f"eval.run_dir={run}"), tmp_path / "eval")
