@@ -207,3 +207,14 @@ def test_common_has_no_import_circle():
 
     circles = sorted(m for m in graph if reaches(m, m, {m}))
     assert not circles, circles
+
+
+def test_progress_bars_follow_the_terminal_unless_set(monkeypatch):
+    """trainer.progress: null (the default) shows bars where a person watches stderr, never in a job's log file."""
+    from common.config import TrainerConfig
+    from common.loggers import show_progress
+
+    assert TrainerConfig().progress is None
+    for tty in (True, False):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda tty=tty: tty)
+        assert show_progress(None) is tty and show_progress(True) and not show_progress(False)
