@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import difflib
 import importlib
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # conf/<method>
 
 # `exists=` kinds: "path" must exist when set; "model" must exist when it looks local (a hub id `org/name` does not).
 PATH, MODEL = "path", "model"
+# The device nodes of NVIDIA's and AMD's (ROCm) GPU drivers: a Linux machine with neither has no GPU for torch.
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/kfd")
 # transformers.SchedulerType's values, written out so composing needs no transformers (tests/common/test_light_cli.py
 # checks them against the installed version).
 SCHEDULERS = (
@@ -295,13 +298,20 @@ def _check_trainer(t: TrainerConfig, at: str, meta: dict, device: bool) -> None:
 
 
 def _precision_problem(precision: str) -> str | None:
-    """Why this machine cannot train in `precision` (fp16 or bf16), or None. torch is imported only here."""
-    import torch
+    """Why this machine cannot train in `precision` (fp16 or bf16), or None. torch (seconds to import) is asked only
+    where a GPU driver's device node exists."""
+    if sys.platform.startswith("linux") and not any(Path(p).exists() for p in GPU_DEVICE_NODES):
+        cuda = False
+    else:
+        import torch
 
-    if not torch.cuda.is_available():
+        cuda = torch.cuda.is_available()
+    if not cuda:
         if precision == "fp16":  # accelerate would train in fp32 without a word: it has no fp16 autocast on CPUs
             return "fp16 needs a CUDA GPU and none is visible here; use bf16 (CPUs autocast to it) or no"
         return None  # bf16 autocast runs on CPUs
+    import torch
+
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         return f"this GPU ({torch.cuda.get_device_name()}) cannot compute in bf16; use fp16 or no"
     return None

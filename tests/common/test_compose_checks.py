@@ -3,14 +3,17 @@ against what the training evaluates, gradient checkpointing against the model, w
 unknown keys with the closest valid key."""
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from common.config import TrainerConfig, compose, method_spec
+from common.config import GPU_DEVICE_NODES, TrainerConfig, compose, method_spec
 from common.demo import available_methods
 from common.errors import UserError
-from tests.helpers import run_method
+from tests.helpers import REPO, run_method
 
 METHODS = available_methods()
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
@@ -206,3 +209,20 @@ def test_fit_refuses_best_metric_for_a_task_that_evaluates_nothing_before_traini
     with pytest.raises(UserError, match=r"best_metric=score: this task evaluates nothing"):
         fit(toy_task(), t, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.skipif(
+    any(Path(p).exists() for p in GPU_DEVICE_NODES), reason="a GPU driver is here: torch is asked, as it should be"
+)
+def test_the_precision_refusal_imports_no_torch_where_no_gpu_driver_is():
+    code = (
+        "import sys\nfrom common.config import compose\nfrom common.errors import UserError\n"
+        "try:\n    compose('m4', 'trainer.mixed_precision=fp16')\nexcept UserError as e:\n    print(e)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.splitlines() == [
+        "config: trainer.mixed_precision=fp16: fp16 needs a CUDA GPU and none is visible here; use bf16 (CPUs "
+        "autocast to it) or no",
+        "False",
+    ], proc.stderr[-2000:]
