@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,12 +98,16 @@ def pretrained_fp(cfg: DQMQConfig, s: Setup, run_dir: Path, logger) -> Path:
     """The full-precision network (a cached stage): the fp row and every quantized method's starting point."""
     path = stage_path(cfg.cache_dir, "dqmq/fp", cfg.data, cfg.net, cfg.pretrain, cfg.seed)
     kwargs = model_kwargs(cfg, "fp", s.images)
+    work = path.with_name(f"{path.name}.work")
 
     def write(tmp: Path) -> None:
         with seeded(cfg.seed, "dqmq/fp_pretrain"):  # its weights and training draw from the seed alone
             task = Task(QuantModel(**{**kwargs, "pretrained": cfg.net.pretrained}), s.train_set, s.collate, task_loss)
-            result = fit(task, cfg.pretrain.trainer, run_dir / "fp_pretrain", Prefixed(logger, "fp_pretrain"))
+            # Its checkpoints live beside the stage, under its key (which holds what else shapes it): a killed
+            # pretrain resumes, a pretrain of other settings never does.
+            result = fit(task, cfg.pretrain.trainer, work, Prefixed(logger, "fp_pretrain"))
         save_module(result.model.cpu(), tmp, "dqmq.model", "quant", kwargs)
+        shutil.rmtree(work, ignore_errors=True)  # the saved network replaces the trainer's checkpoints
 
     return run_stage("full-precision network", path, write)
 
