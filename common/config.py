@@ -265,7 +265,8 @@ def _check_value(name: str, value: Any, meta: dict, paths: bool) -> None:
 
 def check(obj: Any, prefix: str = "", paths: bool = True) -> None:
     """Apply every declared constraint, then each section's own cross-field `check()`, depth first. `paths=False`
-    skips the existence of paths (to inspect a preset on a machine without its files)."""
+    skips what depends on this machine, the existence of paths and a trainer's precision against its device (to
+    inspect a preset on a machine without its files or its GPUs)."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         name = f"{prefix}{f.name}"
