@@ -57,7 +57,7 @@ def tiny_net(width: int = 3) -> torch.nn.Module:
             "config: checkpoint=./no/such/dir: path does not exist (hub id or local dir)",
         ),
         ({"net": "huge"}, "config: net='huge': not one of tiny"),
-        ({"inner": {"size": "big"}}, "config: Value 'big' of type 'str' could not be converted to Integer"),
+        ({"inner": {"size": "big"}}, "config: inner.size=big: expected an integer"),
     ],
 )
 def test_bad_setting_is_one_line(override, message):
