@@ -48,7 +48,8 @@ class DataConfig:
     qa_per_author: int = opt(
         10, "synthetic: questions per author (TOFU: 20; the generator has 10 templates)", ge=1, le=10
     )
-    n_general: int = opt(20, "synthetic: rows of the real-authors-like and world-facts-like sets", ge=1)
+    # Each row needs 3 wrong answers drawn from the other rows, so 4 is the smallest set.
+    n_general: int = opt(20, "synthetic: rows of the real-authors-like and world-facts-like sets", ge=4)
 
     def check(self) -> None:
         if self.source == "local" and not self.path:

@@ -39,6 +39,15 @@ def test_generation_is_deterministic_by_seed():
     assert generate(SIZES, 3)["full"] != generate(SIZES, 4)["full"]
 
 
+def test_general_sets_too_small_for_three_wrong_answers_are_refused_at_compose():
+    """data.n_general=2 crashed in random.sample (3 wrong answers from 1 other row) after the run had started."""
+    from common.config import compose
+
+    with pytest.raises(UserError, match=r"data.n_general=2"):
+        compose("meow", "data.n_general=2")
+    assert all(len(r["perturbed_answer"]) == 3 for r in generate(DataConfig(n_general=4), 0)["world_facts_perturbed"])
+
+
 def test_template_inversion_changes_facts_not_the_subject():
     s = generate(SIZES, 3)
     row = s["forget10"][-1]
