@@ -27,8 +27,9 @@ COMMANDS = scorer_commands(
         "predictions.jsonl, confusion.png",
     ),
     score=(
-        "grade a model's responses: ASD and PAR per dimension",
-        "score.inputs (prompt/response records), score.scorer (null: the latest train run's)",
+        "grade a model's responses: ASD and PAR per dimension, MLLMGuard's five columns and avg",
+        "score.inputs (prompt/response records, or MLLMGuard's results/ as is), score.noise_answers (its "
+        "noise-injection prompt.csv), score.scorer (null: the latest train run's)",
         "scores.jsonl (each record with its dimension and score)",
     ),
 )

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from common import scorer_config
-from common.config import BaseConfig, LoraConfig, ModelConfig, TrainerConfig, opt, section
+from common.config import PATH, BaseConfig, LoraConfig, ModelConfig, TrainerConfig, opt, section
 
 DataConfig = scorer_config.data_config(
     "labelled records (JSONL or JSON: dimension, prompt, response, score); null: synthetic"
@@ -41,11 +41,26 @@ class EncoderConfig:
 
 
 EvalConfig = scorer_config.eval_config(batch_size=32)
-ScoreConfig = scorer_config.score_config(
-    "response files or directories of them: JSONL/JSON of prompt, response (+ dimension, or a file named "
-    "<dimension>_<model>.jsonl as MLLMGuard's results/)",
+_ScoreInputs = scorer_config.score_config(
+    "response files or directories of them (MLLMGuard's results/ as it is): JSONL/JSON of prompt, response "
+    "(+ dimension, or a file named <dimension>_<model>.jsonl)",
     batch_size=32,
 )
+
+
+@dataclass
+class ScoreConfig(_ScoreInputs):
+    truthfulness: str = opt(
+        "mllmguard",
+        "the truthfulness column: mllmguard = score.py's mean of hallucination (clip(grade/3)), noise-injection and "
+        "position-swapping; hallucination = the share of hallucination answers graded 1 (ours)",
+        choices=("mllmguard", "hallucination"),
+    )
+    noise_answers: Optional[str] = opt(
+        None,
+        "MLLMGuard's data/noise-injection/prompt.csv, whose Answer column grades noise-injection_<model>.jsonl",
+        exists=PATH,
+    )
 
 
 @dataclass
