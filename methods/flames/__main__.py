@@ -1,7 +1,7 @@
 """`python -m methods.flames <command> [overrides]`; `<command> --help` lists what a command reads, writes and its
 keys."""
 
-from common.cli import Lazy, Method, main
+from common.cli import Command, Lazy, Method, main
 from common.scorer_config import scorer_commands
 from methods.flames.config import FlamesConfig
 
@@ -18,6 +18,14 @@ COMMANDS = scorer_commands(
         "score.inputs (Flames prompt records + response), score.scorer (null: the latest train run's)",
         "scores.jsonl (each record with its score 1..3)",
     ),
+)
+COMMANDS["convert"] = Command(
+    Lazy("methods.flames.commands:convert"),
+    "convert the released scorer (InternLM, pytorch_model*.bin) once into a scorer directory, no remote code",
+    reads="convert.release (the downloaded HF CaasiHUANG/flames-scorer folder)",
+    writes="scorer/ (scorer.json + safetensors + tokenizer), for score.scorer=... with +experiment=flames/released",
+    keys=("convert",),
+    inputs=Lazy("methods.flames.commands:convert_inputs"),
 )
 METHOD = Method("flames", FlamesConfig, COMMANDS, table=Lazy("methods.flames.metrics:accuracy_table"))
 
