@@ -19,6 +19,7 @@ import pickle
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -125,11 +126,9 @@ def unpickle_state_dict(path: str | Path, stand_in: Sequence[str] = ()) -> dict[
                 return _StandIn
             return super().find_class(module, name)
 
-    class PickleModule:
-        Unpickler = Unpickler
-        load = pickle.load
-
-    obj = torch.load(Path(path), map_location="cpu", weights_only=False, pickle_module=PickleModule)
+    pickle_module = ModuleType("stand_in_pickle")  # what torch.load asks of a pickle module: Unpickler, load
+    pickle_module.Unpickler, pickle_module.load = Unpickler, pickle.load
+    obj = torch.load(Path(path), map_location="cpu", weights_only=False, pickle_module=pickle_module)
     if isinstance(obj, torch.nn.Module):
         return dict(obj.state_dict())
     if isinstance(obj, Mapping) and all(isinstance(v, torch.Tensor) for v in obj.values()):

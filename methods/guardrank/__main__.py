@@ -1,7 +1,7 @@
 """`python -m methods.guardrank <command> [overrides]`; `<command> --help` lists what a command reads, writes and its
 keys."""
 
-from common.cli import Lazy, Method, main
+from common.cli import Command, Lazy, Method, main
 from common.scorer_config import scorer_commands
 from methods.guardrank.config import GuardRankConfig
 
@@ -32,6 +32,14 @@ COMMANDS = scorer_commands(
         "noise-injection prompt.csv), score.scorer (null: the latest train run's)",
         "scores.jsonl (each record with its dimension and score)",
     ),
+)
+COMMANDS["convert"] = Command(
+    Lazy("methods.guardrank.commands:convert"),
+    "convert the released GuardRank (LoRA adapter, hallucination.pt) once into a scorer directory",
+    reads="convert.adapter, convert.decoder_base, convert.hallucination + convert.encoder_base (optional)",
+    writes="scorer/ (scorer.json, decoder/ adapter, encoder/ safetensors), for score.scorer=...",
+    keys=("convert",),
+    inputs=Lazy("methods.guardrank.commands:convert_inputs"),
 )
 METHOD = Method("guardrank", GuardRankConfig, COMMANDS, table=Lazy("methods.guardrank.metrics:grading_table"))
 

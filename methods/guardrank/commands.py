@@ -13,7 +13,7 @@ from pathlib import Path
 
 from common import scorers
 from common.textclf import input_files, read_scorer_meta
-from methods.guardrank import synthetic
+from methods.guardrank import released, synthetic
 from methods.guardrank.data import NUM_LABELS, Record, as_json, read_file
 from methods.guardrank.guardrank import grade, train_scorer
 from methods.guardrank.metrics import attack_metrics, attack_table, confusion_png, grading_metrics, grading_table
@@ -74,3 +74,18 @@ def score_inputs(cfg) -> None:
     answers = read_answers(cfg.score.noise_answers) if cfg.score.noise_answers else None
     noise_grades(records, [i for i, r in enumerate(records) if r.dimension == "noise-injection"], answers)
     position_grades(records, [i for i, r in enumerate(records) if r.dimension == "position-swapping"])
+
+
+def convert(cfg, run_dir: Path) -> dict[str, float]:
+    """The release as run_dir/scorer/, every weight checked against its map."""
+    c = cfg.convert
+    out = released.convert(c.adapter, c.decoder_base, run_dir / "scorer", c.hallucination, c.encoder_base, c.unpickle)
+    print(
+        f"scorer: {out}\nscore with: python -m methods.guardrank score +experiment=guardrank/official score.scorer={out} ..."
+    )
+    return {}
+
+
+def convert_inputs(cfg) -> None:
+    """The adapter's weights checked against its config and the base's before anything is written."""
+    released.check_adapter(Path(cfg.convert.adapter), Path(cfg.convert.decoder_base))
