@@ -11,6 +11,11 @@ and padded to each batch's longest) against loops written the way the official s
 The forms are interleaved (the order rotates every repeat); each repeat gives one ratio official / converted; the
 median and spread are printed with the load average before and after. Goal: the converted evaluators at least as fast
 as the official loops (ratio >= 1).
+
+Measured here (`python bench/released_scoring.py --records 48 --repeats 5`, 1 thread, 2 shared cores at load average
+~11): Flames 1.43x (1.36-1.54), GuardRank decoder 3.52x (3.03-3.70), hallucination judge 2.25x (2.15-2.52), labels
+identical. The goal is met on a CPU; the gains are padding saved (sorted batches, no padding to 512 / 256), the merged
+LoRA and batching the one-at-a-time encoder.
 Usage: python bench/released_scoring.py [--records 48] [--repeats 3] [--threads 1]
 """
 

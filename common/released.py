@@ -37,10 +37,10 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0]
+    except pickle.UnpicklingError:
         raise UserError(
-            f"{path}: not a weights-only checkpoint, refused (reading it would unpickle code): {first}"
+            f"{path}: not a weights-only checkpoint (it pickles objects other than tensors), refused: reading it "
+            "would run code from the file"
         ) from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")

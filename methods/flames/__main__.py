@@ -1,8 +1,8 @@
 """`python -m methods.flames <command> [overrides]`; `<command> --help` lists what a command reads, writes and its
 keys."""
 
-from common.cli import Command, Lazy, Method, main
-from common.scorer_config import scorer_commands
+from common.cli import Lazy, Method, main
+from common.scorer_config import convert_command, scorer_commands
 from methods.flames.config import FlamesConfig
 
 COMMANDS = scorer_commands(
@@ -19,13 +19,11 @@ COMMANDS = scorer_commands(
         "scores.jsonl (each record with its score 1..3)",
     ),
 )
-COMMANDS["convert"] = Command(
-    Lazy("methods.flames.commands:convert"),
+COMMANDS["convert"] = convert_command(
+    "methods.flames.commands",
     "convert the released scorer (InternLM, pytorch_model*.bin) once into a scorer directory, no remote code",
     reads="convert.release (the downloaded HF CaasiHUANG/flames-scorer folder)",
     writes="scorer/ (scorer.json + safetensors + tokenizer), for score.scorer=... with +experiment=flames/released",
-    keys=("convert",),
-    inputs=Lazy("methods.flames.commands:convert_inputs"),
 )
 METHOD = Method("flames", FlamesConfig, COMMANDS, table=Lazy("methods.flames.metrics:accuracy_table"))
 

@@ -1,8 +1,8 @@
 """`python -m methods.guardrank <command> [overrides]`; `<command> --help` lists what a command reads, writes and its
 keys."""
 
-from common.cli import Command, Lazy, Method, main
-from common.scorer_config import scorer_commands
+from common.cli import Lazy, Method, main
+from common.scorer_config import convert_command, scorer_commands
 from methods.guardrank.config import GuardRankConfig
 
 COMMANDS = scorer_commands(
@@ -33,13 +33,11 @@ COMMANDS = scorer_commands(
         "scores.jsonl (each record with its dimension and score)",
     ),
 )
-COMMANDS["convert"] = Command(
-    Lazy("methods.guardrank.commands:convert"),
+COMMANDS["convert"] = convert_command(
+    "methods.guardrank.commands",
     "convert the released GuardRank (LoRA adapter, hallucination.pt) once into a scorer directory",
     reads="convert.adapter, convert.decoder_base, convert.hallucination + convert.encoder_base (optional)",
     writes="scorer/ (scorer.json, decoder/ adapter, encoder/ safetensors), for score.scorer=...",
-    keys=("convert",),
-    inputs=Lazy("methods.guardrank.commands:convert_inputs"),
 )
 METHOD = Method("guardrank", GuardRankConfig, COMMANDS, table=Lazy("methods.guardrank.metrics:grading_table"))
 
