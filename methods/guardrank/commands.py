@@ -14,7 +14,7 @@ from pathlib import Path
 from common import scorers
 from common.textclf import input_files, read_scorer_meta
 from methods.guardrank import released, synthetic
-from methods.guardrank.data import NUM_LABELS, Record, as_json, read_file
+from methods.guardrank.data import NUM_LABELS, Record, as_json, one_model, read_file
 from methods.guardrank.guardrank import grade, train_scorer
 from methods.guardrank.metrics import attack_metrics, attack_table, confusion_png, grading_metrics, grading_table
 from methods.guardrank.truthfulness import noise_grades, position_grades, read_answers
@@ -70,7 +70,9 @@ def score(cfg, run_dir: Path) -> dict[str, float]:
 def score_inputs(cfg) -> None:
     """Before the scorer is loaded: its scorer.json and the responses read, the rule-graded sets graded."""
     read_scorer_meta(scorers.scorer_dir(PARTS, cfg.score.scorer))
-    records = [r for f in input_files(cfg.score.inputs) for r in read_file(f, False)]
+    files = input_files(cfg.score.inputs)
+    one_model(files)
+    records = [r for f in files for r in read_file(f, False)]
     answers = read_answers(cfg.score.noise_answers) if cfg.score.noise_answers else None
     noise_grades(records, [i for i, r in enumerate(records) if r.dimension == "noise-injection"], answers)
     position_grades(records, [i for i, r in enumerate(records) if r.dimension == "position-swapping"])

@@ -72,6 +72,19 @@ def read_file(path: str | Path, labelled: bool) -> list[Record]:
     return out
 
 
+def one_model(files: list[Path]) -> None:
+    """MLLMGuard's results/ holds <set>_<model>.jsonl per model; the columns of one run are one model's: files of
+    two models are refused rather than averaged together."""
+    models: dict[str, Path] = {}
+    for f in files:
+        prefix, _, model = f.stem.partition("_")
+        if prefix.lower() in FILE_PREFIXES and model:
+            models.setdefault(model, f)
+    if len(models) > 1:
+        named = ", ".join(f"{m} ({f.name})" for m, f in models.items())
+        raise UserError(f"score.inputs: results of {len(models)} models: {named}; score one model per run")
+
+
 def is_null(r: Record) -> bool:
     """A response to score that is JSON null."""
     return r.score is None and r.raw.get("response") is None

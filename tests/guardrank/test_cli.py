@@ -155,3 +155,20 @@ def test_noise_injection_without_its_answers_stops_before_the_scorer_loads(train
         UserError, match="noise-injection_mplug1.jsonl: grading noise-injection needs score.noise_answers"
     ):
         commands.score_inputs(cfg)
+
+
+def test_results_of_two_models_are_refused(trained, tmp_path):
+    from tests.guardrank.mllmguard_fixture import write_results
+
+    run_dir, _, _ = trained
+    results, csv = write_results(tmp_path)
+    (results / "privacy_qwen-vl.jsonl").write_text((results / "privacy_mplug1.jsonl").read_text())
+    cfg = compose(
+        "guardrank",
+        f"score.scorer={run_dir / 'scorer'}",
+        f"score.inputs=[{results}]",
+        f"score.noise_answers={csv}",
+        "command=score",
+    )
+    with pytest.raises(UserError, match=r"results of 2 models: .*mplug1.*qwen-vl.*; score one model per run"):
+        commands.score_inputs(cfg)
