@@ -130,3 +130,16 @@ def scorer_commands(
             inputs=Lazy(f"{commands}:score_inputs"),
         ),
     }
+
+
+def convert_command(commands: str, summary: str, reads: str, writes: str) -> Command:
+    """The `convert` declaration of a scorer method that reads a paper's released checkpoint once (common/released.py)
+    into a scorer directory: its commands module has convert and convert_inputs (what is read before any weight)."""
+    return Command(
+        Lazy(f"{commands}:convert"),
+        summary,
+        reads=reads,
+        writes=writes,
+        keys=("convert",),
+        inputs=Lazy(f"{commands}:convert_inputs"),
+    )

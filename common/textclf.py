@@ -100,11 +100,15 @@ def classify(
     max_length: int,
     batch_size: int = 32,
     columns: slice | None = None,
+    relu: bool = False,
 ) -> Classified:
-    """The argmax label of each text; `columns` picks one head's outputs of a multi-head model."""
+    """The argmax label of each text; `columns` picks one head's outputs of a multi-head model; `relu`: the argmax
+    of ReLU(logits) (the first class on a tie)."""
     logits, truncated = batched_logits(model, tokenizer, texts, max_length, batch_size)
     if columns is not None:
         logits = logits[:, columns]
+    if relu:
+        logits = logits.clamp(min=0)
     return Classified(logits.argmax(-1).tolist() if len(texts) else [], truncated)
 
 
@@ -200,10 +204,14 @@ class ScorerModel:
     # block of num_labels[d] logits per dimension, in `dimensions` order (a linear head per dimension on one encoder).
     heads: str = SHARED
     base: str | None = None  # the base model a LoRA adapter in `dir` is loaded onto; None: full weights in `dir`
+    # argmax of the logits, or of their ReLU (a released head ending in ReLU: two negative logits tie, giving 0)
+    readout: str = "argmax"
 
     def __post_init__(self) -> None:
         if self.heads not in (SHARED, PER_DIMENSION):
             raise ValueError(f"heads must be {SHARED} or {PER_DIMENSION}, not {self.heads!r}")
+        if self.readout not in ("argmax", "relu-argmax"):
+            raise ValueError(f"readout must be argmax or relu-argmax, not {self.readout!r}")
         if self.heads == SHARED and len({self.num_labels[d] for d in self.dimensions}) > 1:
             raise ValueError(f"a shared head needs one label count for every dimension, got {self.num_labels}")
 
@@ -290,7 +298,8 @@ class Scorer:
             raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
         _, model, tokenizer = self._by_dim[dimension]
         texts = [spec.text(dimension, p, a) for p, a in zip(prompts, answers, strict=True)]
-        out = classify(model, tokenizer, texts, spec.max_length, batch_size, spec.columns(dimension))
+        relu = spec.readout == "relu-argmax"
+        out = classify(model, tokenizer, texts, spec.max_length, batch_size, spec.columns(dimension), relu)
         self.truncated += out.truncated
         return out
 

@@ -2,7 +2,7 @@
 keys."""
 
 from common.cli import Lazy, Method, main
-from common.scorer_config import scorer_commands
+from common.scorer_config import convert_command, scorer_commands
 from methods.flames.config import FlamesConfig
 
 COMMANDS = scorer_commands(
@@ -18,6 +18,12 @@ COMMANDS = scorer_commands(
         "score.inputs (Flames prompt records + response), score.scorer (null: the latest train run's)",
         "scores.jsonl (each record with its score 1..3)",
     ),
+)
+COMMANDS["convert"] = convert_command(
+    "methods.flames.commands",
+    "convert the released scorer (InternLM, pytorch_model*.bin) once into a scorer directory, no remote code",
+    reads="convert.release (the downloaded HF CaasiHUANG/flames-scorer folder)",
+    writes="scorer/ (scorer.json + safetensors + tokenizer), for score.scorer=... with +experiment=flames/released",
 )
 METHOD = Method("flames", FlamesConfig, COMMANDS, table=Lazy("methods.flames.metrics:accuracy_table"))
 

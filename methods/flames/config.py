@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from common import scorer_config
-from common.config import BaseConfig, ModelConfig, TrainerConfig, opt, section
+from common.config import PATH, BaseConfig, ModelConfig, TrainerConfig, opt, section
+from common.errors import UserError
 
 DataConfig = scorer_config.data_config(
     "labelled records (JSONL or JSON: dimension, [subcomponent], prompt, response, score 1..3); null: synthetic",
@@ -23,6 +24,18 @@ ScoreConfig = scorer_config.score_config(
 
 
 @dataclass
+class ConvertConfig:
+    """Converting the released scorer once into a scorer directory (methods/flames/released.py)."""
+
+    release: Optional[str] = opt(
+        None,
+        "the downloaded HF CaasiHUANG/flames-scorer folder (config.json, pytorch_model*.bin + index, tokenizer.model)",
+        exists=PATH,
+        key=False,
+    )
+
+
+@dataclass
 class FlamesConfig(BaseConfig):
     data: DataConfig = section(DataConfig, "labelled records (none: synthetic ones in the same format)", trains=True)
     synthetic: SyntheticConfig = section(
@@ -30,8 +43,8 @@ class FlamesConfig(BaseConfig):
     )
     model: ModelConfig = section(
         ModelConfig,
-        "the shared encoder (a head per dimension on top); released: InternLM-chat-7B, which transformers cannot load "
-        "as a classifier (README); lora.r=0: full fine-tuning, as released",
+        "the shared encoder to train (a head per dimension on top; the released InternLM-chat-7B scorer is read by "
+        "`convert` instead); lora.r=0: full fine-tuning, as released",
         name_or_path="Qwen/Qwen2-7B-Instruct",
         trains=True,
     )
@@ -54,7 +67,10 @@ class FlamesConfig(BaseConfig):
     cpu_threads: Optional[int] = scorer_config.cpu_threads_opt()  # see there: one thread is faster for tiny models
     eval: EvalConfig = section(EvalConfig, "evaluating a scorer on labelled records")
     score: ScoreConfig = section(ScoreConfig, "scoring a model's responses: harmless rate and score per dimension")
+    convert: ConvertConfig = section(ConvertConfig, "converting the released scorer into a scorer directory")
 
     def check(self) -> None:
         super().check()
         scorer_config.check_score_inputs(self)
+        if self.command == "convert" and not self.convert.release:
+            raise UserError("config: convert needs convert.release=<the downloaded flames-scorer folder>")

@@ -2,7 +2,7 @@
 keys."""
 
 from common.cli import Lazy, Method, main
-from common.scorer_config import scorer_commands
+from common.scorer_config import convert_command, scorer_commands
 from methods.guardrank.config import GuardRankConfig
 
 COMMANDS = scorer_commands(
@@ -27,10 +27,17 @@ COMMANDS = scorer_commands(
         "predictions.jsonl, confusion.png",
     ),
     score=(
-        "grade a model's responses: ASD and PAR per dimension",
-        "score.inputs (prompt/response records), score.scorer (null: the latest train run's)",
+        "grade a model's responses: ASD and PAR per dimension, MLLMGuard's five columns and avg",
+        "score.inputs (prompt/response records, or MLLMGuard's results/ as is), score.noise_answers (its "
+        "noise-injection prompt.csv), score.scorer (null: the latest train run's)",
         "scores.jsonl (each record with its dimension and score)",
     ),
+)
+COMMANDS["convert"] = convert_command(
+    "methods.guardrank.commands",
+    "convert the released GuardRank (LoRA adapter, hallucination.pt) once into a scorer directory",
+    reads="convert.adapter, convert.decoder_base, convert.hallucination + convert.encoder_base (optional)",
+    writes="scorer/ (scorer.json, decoder/ adapter, encoder/ safetensors), for score.scorer=...",
 )
 METHOD = Method("guardrank", GuardRankConfig, COMMANDS, table=Lazy("methods.guardrank.metrics:grading_table"))
 

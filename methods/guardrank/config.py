@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from common import scorer_config
-from common.config import BaseConfig, LoraConfig, ModelConfig, TrainerConfig, opt, section
+from common.config import PATH, BaseConfig, LoraConfig, ModelConfig, TrainerConfig, opt, section
+from common.errors import UserError
 
 DataConfig = scorer_config.data_config(
     "labelled records (JSONL or JSON: dimension, prompt, response, score); null: synthetic"
@@ -41,11 +42,51 @@ class EncoderConfig:
 
 
 EvalConfig = scorer_config.eval_config(batch_size=32)
-ScoreConfig = scorer_config.score_config(
-    "response files or directories of them: JSONL/JSON of prompt, response (+ dimension, or a file named "
-    "<dimension>_<model>.jsonl as MLLMGuard's results/)",
+_ScoreInputs = scorer_config.score_config(
+    "response files or directories of them (MLLMGuard's results/ as it is): JSONL/JSON of prompt, response "
+    "(+ dimension, or a file named <dimension>_<model>.jsonl)",
     batch_size=32,
 )
+
+
+@dataclass
+class ScoreConfig(_ScoreInputs):
+    truthfulness: str = opt(
+        "mllmguard",
+        "the truthfulness column: mllmguard = score.py's mean of hallucination (clip(grade/3)), noise-injection and "
+        "position-swapping; hallucination = the share of hallucination answers graded 1 (ours)",
+        choices=("mllmguard", "hallucination"),
+    )
+    noise_answers: Optional[str] = opt(
+        None,
+        "MLLMGuard's data/noise-injection/prompt.csv, whose Answer column grades noise-injection_<model>.jsonl",
+        exists=PATH,
+    )
+
+
+@dataclass
+class ConvertConfig:
+    """Converting the released GuardRank (HF Carol0110/GuardRank) once into a scorer directory (released.py)."""
+
+    adapter: Optional[str] = opt(
+        None, "the release's guardrank_lora/ folder (adapter_config.json + weights)", exists=PATH, key=False
+    )
+    decoder_base: Optional[str] = opt(None, "a local LLaMA-2-7B folder, the adapter's base", exists=PATH, key=False)
+    hallucination: Optional[str] = opt(
+        None, "the release's hallucination.pt; null: the decoder judge only", exists=PATH, key=False
+    )
+    encoder_base: Optional[str] = opt(
+        None, "a local roberta-large folder (its config and tokenizer)", exists=PATH, key=False
+    )
+    unpickle: bool = opt(
+        False,
+        "read hallucination.pt by unpickling it if it is a pickled module (runs code from the file: a file you trust)",
+        key=False,
+    )
+
+    def check(self) -> None:
+        if bool(self.hallucination) != bool(self.encoder_base):
+            raise UserError("config: convert.hallucination and convert.encoder_base go together")
 
 
 @dataclass
@@ -87,7 +128,12 @@ class GuardRankConfig(BaseConfig):
     cpu_threads: Optional[int] = scorer_config.cpu_threads_opt()  # see there: one thread is faster for tiny models
     eval: EvalConfig = section(EvalConfig, "evaluating a scorer on labelled records")
     score: ScoreConfig = section(ScoreConfig, "scoring a model's responses: ASD and PAR per dimension")
+    convert: ConvertConfig = section(ConvertConfig, "converting the released GuardRank into a scorer directory")
 
     def check(self) -> None:
         super().check()
         scorer_config.check_score_inputs(self)
+        if self.command == "convert" and not (self.convert.adapter and self.convert.decoder_base):
+            raise UserError(
+                "config: convert needs convert.adapter=<guardrank_lora/> and convert.decoder_base=<LLaMA-2-7B>"
+            )

@@ -9,9 +9,9 @@ from methods.flames.__main__ import METHOD
 from tests.scorer_helpers import assert_command_explains_itself, assert_compose_fails
 
 
-def test_released_preset():
+def test_released_training_preset():
     # paths=False: inspected, not run here (its fp16 is refused where no GPU is, as the device is checked when run).
-    cfg = compose("flames", "+experiment=flames/released", paths=False)
+    cfg = compose("flames", "+experiment=flames/released_training", paths=False)
     t = cfg.trainer
     assert (cfg.max_length, cfg.model.lora.r, t.mixed_precision, t.max_grad_norm) == (2048, 0, "fp16", 1.0)
     assert cfg.model.name_or_path == "Qwen/Qwen2-7B-Instruct" and cfg.eval.batch_size == 16

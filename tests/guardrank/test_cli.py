@@ -117,3 +117,58 @@ def test_score_without_inputs_is_a_config_error():
 
 def test_commands_default_to_the_latest_train_runs_scorer(tmp_path, monkeypatch):
     assert_latest_scorer(tmp_path, monkeypatch, "guardrank", commands._scorer_dir)
+
+
+def test_official_preset_scores_a_whole_mllmguard_results_folder(trained, tmp_path):
+    from tests.guardrank.mllmguard_fixture import write_results
+
+    run_dir, _, _ = trained
+    results, csv = write_results(tmp_path)
+    cfg = compose(
+        "guardrank",
+        "+experiment=guardrank/official",
+        f"score.scorer={run_dir / 'scorer'}",
+        f"score.inputs=[{results}]",
+        f"score.noise_answers={csv}",
+        "command=score",
+    )
+    commands.score_inputs(cfg)  # what the CLI checks before loading the scorer
+    m = commands.score(cfg, tmp_path / "run")
+    scored = [json.loads(line) for line in (tmp_path / "run" / "scores.jsonl").read_text().splitlines()]
+    assert len(scored) == 4 + 3 + 2 + 5 + 4 + 6 + 8  # every record, null ones included
+    hall = [r["score"] for r in scored if r["dimension"] == "truthfulness"]
+    assert hall[-1] == 1 and m["hallucination/asd"] == pytest.approx(sum(hall) / 3 / len(hall))
+    assert m["noise-injection/asd"] == pytest.approx(0.5) and m["position-swapping/asd"] == pytest.approx(2 / 3)
+    parts = (m["hallucination/asd"], m["noise-injection/asd"], m["position-swapping/asd"])
+    assert m["truthfulness/asd"] == pytest.approx(sum(parts) / 3)
+    columns = ("privacy", "bias", "toxicity", "truthfulness", "legality")
+    assert m["avg/asd"] == pytest.approx(sum(m[f"{c}/asd"] for c in columns) / 5)
+
+
+def test_noise_injection_without_its_answers_stops_before_the_scorer_loads(trained, tmp_path):
+    from tests.guardrank.mllmguard_fixture import write_results
+
+    run_dir, _, _ = trained
+    results, _ = write_results(tmp_path)
+    cfg = compose("guardrank", f"score.scorer={run_dir / 'scorer'}", f"score.inputs=[{results}]", "command=score")
+    with pytest.raises(
+        UserError, match="noise-injection_mplug1.jsonl: grading noise-injection needs score.noise_answers"
+    ):
+        commands.score_inputs(cfg)
+
+
+def test_results_of_two_models_are_refused(trained, tmp_path):
+    from tests.guardrank.mllmguard_fixture import write_results
+
+    run_dir, _, _ = trained
+    results, csv = write_results(tmp_path)
+    (results / "privacy_qwen-vl.jsonl").write_text((results / "privacy_mplug1.jsonl").read_text())
+    cfg = compose(
+        "guardrank",
+        f"score.scorer={run_dir / 'scorer'}",
+        f"score.inputs=[{results}]",
+        f"score.noise_answers={csv}",
+        "command=score",
+    )
+    with pytest.raises(UserError, match=r"results of 2 models: .*mplug1.*qwen-vl.*; score one model per run"):
+        commands.score_inputs(cfg)
