@@ -60,7 +60,8 @@ def eval_rank(cfg: EscEvalConfig, run_dir: Path) -> dict[str, float]:
     with timed(f"ESC-RANK scoring {len(dialogues)} held-out dialogues"):
         scored = rank.score_dialogues(
             pipeline.rank_models(cfg, root, cfg.data.language), list(dialogues.values()), k.dimensions,
-            rank.rubrics(k.rubric_file), k.max_length, k.max_new_tokens, k.batch_size, k.parse,
+            rank.rubrics(k.rubric_file)[cfg.data.language], k.max_length, k.max_new_tokens, k.batch_size, k.parse,
+            k.base_system,
         )  # fmt: skip
     predicted = dict(zip(dialogues, scored.scores, strict=True))
     write_scores(run_dir / "rank_test_predicted.json", predicted)

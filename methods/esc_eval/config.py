@@ -155,8 +155,14 @@ class RankConfig:
     )
     rubric_file: Optional[str] = opt(
         None,
-        "JSON {dimension: rubric text} replacing ours (e.g. the official score.py's, for its adapters)",
+        "rubrics replacing ours: the official score.py (its prompt_EN / prompt_ZH, read, never run: what the released "
+        "adapters were trained with), or JSON {dimension: text} / {language: {dimension: text}}",
         exists=PATH,
+    )
+    base_system: bool = opt(
+        False,
+        "put the system prompt of the base's own chat() before every prompt (InternLM2's meta_instruction, as "
+        "score.py's .chat() calls did); false: no system turn",
     )
     parse: str = opt(
         "first_digit",
@@ -166,6 +172,14 @@ class RankConfig:
     max_length: int = opt(4096, "tokens of prompt and score; a longer dialogue is cut (counted)", ge=64)
     max_new_tokens: int = opt(16, "tokens generated for a score", ge=1)
     batch_size: int = opt(16, "prompts scored together", ge=1, key=False)
+
+    def check(self) -> None:
+        if self.base_system and self.trained and self.rubric_file is None:
+            # The released preset: its adapters would see our rubrics, which they were never trained on.
+            raise UserError(
+                "config: rank.base_system=true scores trained adapters with InternLM2's prompts (the released "
+                "preset): give rank.rubric_file=<ESC-Eval>/score.py, the rubrics they were trained with"
+            )
 
 
 @dataclass
