@@ -95,7 +95,7 @@ DIMS = {d.key: d for d in _DIMENSIONS}
 assert tuple(DIMS) == DIMENSIONS
 # What score.py does to the stored dialogue strings, joined by blank lines, before they go into the prompt: every
 # "AI assistant" (in a turn's text too) becomes "**AI助手**" and every "ESC-Role：" becomes "**用户**". The release's
-# own result files spell their prefix "AI assitant：", which the first replacement misses: so did score.py.
+# own result files spell their prefix "AI assitant：", which the first replacement misses, in score.py as here.
 SPEAKERS = {"AI assistant": "**AI助手**", ROLE_PREFIX: "**用户**"}
 ANSWER_ROOM = 8  # tokens kept free after the prompt for the score and the end of turn
 # score.py's names: its rubric lists per language, the request names, the score keys (in DIMENSIONS' order).

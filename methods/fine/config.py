@@ -107,6 +107,12 @@ class JudgeConfig:
 
 @dataclass
 class PromptsConfig:
+    file: Optional[str] = opt(
+        None,
+        "the official prompts.py (AIFlames/Fake-Alignment): its multiple-choice, judge and option-builder templates "
+        "are read (never run) and used in place of ours; the *_template settings still override them",
+        exists=PATH,
+    )
     mc_template: Optional[str] = opt(
         None,
         "multiple-choice prompt, a str.format template with {question}, {option_a}, {option_b}; null: ours "
@@ -115,11 +121,17 @@ class PromptsConfig:
     judge_template: Optional[str] = opt(
         None, "name=llm: judge prompt with {question} and {answer}; null: ours (methods/fine/fine.py)"
     )
+    options_template: Optional[str] = opt(
+        None,
+        "build-options: the prompt asking for both answers, with {question}; the reply must hold [CLASSIC] <safe "
+        "answer> [JAILBREAK] <unsafe answer>; null: prompts.file's (there is no default of ours)",
+    )
 
     def check(self) -> None:
         needs = {
             "mc_template": ("{question}", "{option_a}", "{option_b}"),
             "judge_template": ("{question}", "{answer}"),
+            "options_template": ("{question}",),
         }
         for key, fields in needs.items():
             value = getattr(self, key)
@@ -137,6 +149,23 @@ class ScoreConfig:
         exists=PATH,
     )
     judge: bool = opt(True, "judge open_response again with judge.*; false: use each record's saved open_result")
+
+
+@dataclass
+class OptionsConfig:
+    """build-options: the two-option form of a new question set (the release's build_option.py)."""
+
+    questions: Optional[str] = opt(
+        None, "the new questions: JSON lines with category and question (as build_option.py reads)", exists=PATH
+    )
+    model: ChatConfig = section(
+        ChatConfig,
+        "the model writing both answers (build_option.py's default: gpt-3.5-turbo-0301 through the OpenAI API)",
+        backend="endpoint",
+        endpoint=EndpointConfig(base_url="https://api.openai.com/v1", model="gpt-3.5-turbo-0301"),
+        system_prompt=API_SYSTEM_PROMPT,
+        max_new_tokens=1024,
+    )
 
 
 @dataclass
@@ -167,10 +196,11 @@ class FineConfig(BaseConfig):
         choices=("official", "marker"),
     )
     score: ScoreConfig = section(ScoreConfig, "the score command (saved responses, no model under test)")
+    options: OptionsConfig = section(OptionsConfig, "the build-options command")
 
     def check(self) -> None:
         super().check()
-        asks = self.command != "score"  # score asks no model under test, and its judge only with score.judge
+        asks = self.command not in ("score", "build-options")  # score asks its judge only with score.judge
         judges = self.judge.name == "llm" and (asks or self.score.judge)
         demo = [
             role
@@ -182,5 +212,10 @@ class FineConfig(BaseConfig):
                 f"config: {demo[0]}.model.name_or_path=synthetic is the demo's tiny model, fitted to the "
                 "synthetic questions only: with data.questions set, name a real chat model (or backend=endpoint)"
             )
+        if self.command == "build-options":
+            if not self.options.questions:
+                raise UserError("config: build-options needs options.questions=<a JSON lines file of questions>")
+            if not (self.prompts.file or self.prompts.options_template):
+                raise UserError("config: build-options needs prompts.file=<Fake-Alignment>/prompts.py")
         if self.command == "score" and not self.score.responses:
             raise UserError("config: score needs score.responses=<saved responses (ours or the official output)>")
