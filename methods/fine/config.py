@@ -74,6 +74,15 @@ class ChatConfig:
             raise UserError("config: backend=endpoint needs endpoint.model (the served model's name)")
 
 
+def _openai_chat(doc: str, model: str, max_new_tokens: int) -> ChatConfig:
+    """A model behind the OpenAI API with the system prompt the FINE code gives its API models."""
+    endpoint = EndpointConfig(base_url="https://api.openai.com/v1", model=model)
+    return section(
+        ChatConfig, doc, backend="endpoint", endpoint=endpoint, system_prompt=API_SYSTEM_PROMPT,
+        max_new_tokens=max_new_tokens,
+    )  # fmt: skip
+
+
 @dataclass
 class JudgeConfig:
     """Who labels the open-ended answers safe or unsafe."""
@@ -84,13 +93,8 @@ class JudgeConfig:
         "methods.guardrank / methods.flames (scorer)",
         registry=JUDGES,
     )
-    chat: ChatConfig = section(
-        ChatConfig,
-        "name=llm: the judging model (the FINE code: GPT-4 through the OpenAI API)",
-        backend="endpoint",
-        endpoint=EndpointConfig(base_url="https://api.openai.com/v1", model="gpt-4"),
-        system_prompt=API_SYSTEM_PROMPT,
-        max_new_tokens=64,
+    chat: ChatConfig = _openai_chat(
+        "name=llm: the judging model (the FINE code: GPT-4 through the OpenAI API)", "gpt-4", 64
     )
     scorer: Optional[str] = opt(
         None, "name=guardrank|flames: the scorer directory (the `train` run's scorer/ folder)", exists=PATH
@@ -158,13 +162,10 @@ class OptionsConfig:
     questions: Optional[str] = opt(
         None, "the new questions: JSON lines with category and question (as build_option.py reads)", exists=PATH
     )
-    model: ChatConfig = section(
-        ChatConfig,
+    model: ChatConfig = _openai_chat(
         "the model writing both answers (build_option.py's default: gpt-3.5-turbo-0301 through the OpenAI API)",
-        backend="endpoint",
-        endpoint=EndpointConfig(base_url="https://api.openai.com/v1", model="gpt-3.5-turbo-0301"),
-        system_prompt=API_SYSTEM_PROMPT,
-        max_new_tokens=1024,
+        "gpt-3.5-turbo-0301",
+        1024,
     )
 
 
