@@ -61,6 +61,7 @@ COMMANDS = {
         writes="questions.jsonl (id, category, question, Positive Option, Negative Option), questions_summary.json; "
         "replies cached under cache_dir/fine/options",
         keys=("options", "prompts.file", "prompts.options_template", "cache_dir"),
+        inputs=Lazy("methods.fine.options:check_inputs"),
     ),
 }
 METHOD = Method("fine", FineConfig, COMMANDS, table=Lazy("methods.fine.pipeline:table"), main_job="eval")

@@ -58,6 +58,12 @@ def read_new_questions(path: str | Path) -> list[dict[str, str]]:
     return out
 
 
+def check_inputs(cfg: FineConfig) -> None:
+    """build-options' inputs, read and checked before any model is loaded: the questions and the prompt."""
+    read_new_questions(cfg.options.questions)
+    options_template(cfg)
+
+
 def build_options(cfg: FineConfig, run_dir: Path) -> dict[str, float]:
     """questions.jsonl in the release's format (id, category, question, Positive Option, Negative Option)."""
     questions = read_new_questions(cfg.options.questions)
