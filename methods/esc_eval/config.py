@@ -173,14 +173,6 @@ class RankConfig:
     max_new_tokens: int = opt(16, "tokens generated for a score", ge=1)
     batch_size: int = opt(16, "prompts scored together", ge=1, key=False)
 
-    def check(self) -> None:
-        if self.base_system and self.trained and self.rubric_file is None:
-            # The released preset: its adapters would see our rubrics, which they were never trained on.
-            raise UserError(
-                "config: rank.base_system=true scores trained adapters with InternLM2's prompts (the released "
-                "preset): give rank.rubric_file=<ESC-Eval>/score.py, the rubrics they were trained with"
-            )
-
 
 @dataclass
 class EscConfig:

@@ -193,12 +193,15 @@ def test_bad_rubric_files_are_one_line(tmp_path):
 
 def test_the_released_preset_reads_score_py_and_sends_the_base_system_prompt(release, tmp_path):
     from common.config import compose
+    from methods.esc_eval.commands import rank_inputs
 
     score_py, _ = release
     (tmp_path / "ESC-RANK").mkdir()
     preset = ("command=eval-rank", "+experiment=esc_eval/released", f"rank.trained={tmp_path / 'ESC-RANK'}")
+    cfg = compose("esc_eval", *preset, "rank.model.trust_remote_code=true")
     with pytest.raises(UserError, match="give rank.rubric_file=<ESC-Eval>/score.py"):
-        compose("esc_eval", *preset, "rank.model.trust_remote_code=true")
+        rank_inputs(cfg)  # read before anything runs (the CLI's input check)
     cfg = compose("esc_eval", *preset, "rank.model.trust_remote_code=true", f"rank.rubric_file={score_py}")
+    rank_inputs(cfg)
     assert cfg.rank.base_system and cfg.rank.parse == "official"
     assert rank.rubrics(cfg.rank.rubric_file)["chinese"]["overall"] == OFFICIAL["chinese"][6]
