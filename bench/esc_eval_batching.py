@@ -85,7 +85,7 @@ def main() -> None:
 
     models = pipeline.rank_models(cfg, pipeline.rank_dir(cfg)[0], "english")
     dialogues = list(pipeline.rank_data(cfg, "rank_test")[0].values())[: args.dialogues]
-    texts = rank.rubrics(None)
+    texts = rank.rubrics(None)["english"]
 
     def score(batch_size: int):
         return lambda: (

@@ -30,6 +30,16 @@ class EndpointError(UserError):
     """The endpoint still failed after every retry, or refused the request."""
 
 
+class PartialReplies(EndpointError):
+    """Some conversations of a batch failed after their retries: `replies[i]` is the reply or None, `errors[i]` the
+    failure or None, so a caller can keep the replies it got instead of asking again."""
+
+    def __init__(self, replies: list[str | None], errors: list[Exception | None]):
+        first = next(e for e in errors if e is not None)
+        super().__init__(str(first))
+        self.replies, self.errors = replies, errors
+
+
 @dataclass
 class EndpointConfig:
     """An OpenAI-compatible chat endpoint."""
@@ -79,13 +89,37 @@ def endpoint_responder(cfg: EndpointConfig, temperature: float = 0.0, max_tokens
             raise EndpointError(f"endpoint {cfg.base_url}: a reply without choices")
         return reply.choices[0].message.content or ""
 
+    def attempt(messages: list[Message]) -> str | EndpointError:
+        try:
+            return one(messages)
+        except EndpointError as e:
+            return e
+
     def respond(conversations: Sequence[list[Message]]) -> list[str]:
+        """Every conversation is asked once (with the client's retries), failures included: a batch with failed
+        conversations raises PartialReplies carrying the others' replies."""
         if len(conversations) <= 1 or cfg.concurrency == 1:
-            return [one(c) for c in conversations]
-        with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
-            return list(pool.map(one, conversations))
+            got = [attempt(c) for c in conversations]
+        else:
+            with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
+                got = list(pool.map(attempt, conversations))
+        errors = [g if isinstance(g, EndpointError) else None for g in got]
+        if any(errors):
+            if len(got) == 1:
+                raise errors[0]
+            raise PartialReplies([None if isinstance(g, EndpointError) else g for g in got], errors)
+        return got
 
     return respond
+
+
+def replies_or_errors(respond: Responder, conversations: Sequence[list[Message]]) -> list[str | Exception]:
+    """respond(conversations), a failed conversation's entry being its exception (PartialReplies unpacked); any
+    other failure of the call propagates."""
+    try:
+        return list(respond(conversations))
+    except PartialReplies as e:
+        return [r if r is not None else err for r, err in zip(e.replies, e.errors, strict=True)]
 
 
 def _first_line(e: Exception) -> str:

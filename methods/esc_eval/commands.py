@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from common.config import as_dict
+from common.errors import UserError
 from common.io import write_json
 from common.items import ItemsFailed, summarize
 from common.loggers import make_logger
@@ -60,7 +61,8 @@ def eval_rank(cfg: EscEvalConfig, run_dir: Path) -> dict[str, float]:
     with timed(f"ESC-RANK scoring {len(dialogues)} held-out dialogues"):
         scored = rank.score_dialogues(
             pipeline.rank_models(cfg, root, cfg.data.language), list(dialogues.values()), k.dimensions,
-            rank.rubrics(k.rubric_file), k.max_length, k.max_new_tokens, k.batch_size, k.parse,
+            rank.rubrics(k.rubric_file)[cfg.data.language], k.max_length, k.max_new_tokens, k.batch_size, k.parse,
+            k.base_system,
         )  # fmt: skip
     predicted = dict(zip(dialogues, scored.scores, strict=True))
     write_scores(run_dir / "rank_test_predicted.json", predicted)
@@ -132,6 +134,12 @@ def role_inputs(cfg: EscEvalConfig) -> None:
 
 def rank_inputs(cfg: EscEvalConfig) -> None:
     """train-rank: the rubrics, and the scored training dialogues when ESC-RANK is to be trained."""
+    if cfg.rank.base_system and cfg.rank.trained and cfg.rank.rubric_file is None:
+        # The released preset without score.py: its adapters would see our rubrics, never their training's.
+        raise UserError(
+            "rank.base_system=true scores trained adapters with InternLM2's prompts (the released preset): give "
+            "rank.rubric_file=<ESC-Eval>/score.py, the rubrics they were trained with"
+        )
     rank.rubrics(cfg.rank.rubric_file)
     if not cfg.rank.trained:
         pipeline.rank_data(cfg, "rank_train")

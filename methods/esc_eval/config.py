@@ -155,8 +155,14 @@ class RankConfig:
     )
     rubric_file: Optional[str] = opt(
         None,
-        "JSON {dimension: rubric text} replacing ours (e.g. the official score.py's, for its adapters)",
+        "rubrics replacing ours: the official score.py (its prompt_EN / prompt_ZH, read, never run: what the released "
+        "adapters were trained with), or JSON {dimension: text} / {language: {dimension: text}}",
         exists=PATH,
+    )
+    base_system: bool = opt(
+        False,
+        "put the system prompt of the base's own chat() before every prompt (InternLM2's meta_instruction, as "
+        "score.py's .chat() calls did); false: no system turn",
     )
     parse: str = opt(
         "first_digit",

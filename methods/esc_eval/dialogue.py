@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.chat import Message, Responder
+from common.chat import Message, Responder, replies_or_errors
 from common.io import write_json
 from common.items import Outcome, run_each
 from methods.esc_eval.formats import AI, ROLE, Card, Dialogue, Turn, dialogue_strings, parse_dialogue
@@ -40,9 +40,10 @@ def esc_view(turns: Dialogue, system: str | None) -> list[Message]:
 
 
 def _replies(respond: Responder, conversations: list[list[Message]]) -> list[str | Exception]:
-    """One batched call; if it fails, one call per conversation, so that only the failing ones fail."""
+    """One batched call; if it fails as a whole (a local model), one call per conversation, so that only the failing
+    ones fail. An endpoint's failed conversations come back with the others' replies, each asked once."""
     try:
-        return list(respond(conversations))
+        return replies_or_errors(respond, conversations)
     except Exception as batch_error:  # noqa: BLE001 - the error is kept as that conversation's outcome
         if len(conversations) == 1:
             return [batch_error]

@@ -7,7 +7,7 @@ back in the same shape.
 - A dialogue file maps "<i>" (the index of the card it was played from) to a list of strings that alternate between
   the ESC model ("AI assistant：…") and the role-player ("ESC-Role：…"), opening with the ESC model's fixed greeting.
   The colon is the full-width "：" (U+FF1A). The release's own result files spell the first "AI assitant："; both
-  spellings are read, ours is written.
+  spellings are read, and a turn is written back as it was read (ours, "AI assistant：", for new dialogues).
 - A score file maps the same keys to {dimension: score} for the seven dimensions, scores 0-4 (-1: ESC-RANK's output
   held no score).
 
@@ -56,6 +56,9 @@ class Card:
 class Turn:
     speaker: str  # AI (the ESC model) or ROLE (the role-player)
     text: str
+    # The prefix as its file spelled it, when not ours (the release's "AI assitant："): kept so that the turn is
+    # written back, and put into ESC-RANK's prompt, exactly as read (score.py works on the stored strings).
+    spelled: str | None = None
 
 
 Dialogue = list[Turn]
@@ -120,7 +123,8 @@ def parse_dialogue(strings: Any, where: str) -> Dialogue:
             ascii_colon = s.startswith(("AI assistant:", "AI assitant:", "ESC-Role:"))
             hint = " (an ASCII ':'; the release uses the full-width '：', U+FF1A)" if ascii_colon else ""
             raise UserError(f"{where}: turn {j} begins with neither '{AI_PREFIX}' nor '{ROLE_PREFIX}'{hint}: {s!r:.60}")
-        turns.append(Turn(PREFIXES[prefix], s[len(prefix) :]))
+        ours = prefix in (AI_PREFIX, ROLE_PREFIX)
+        turns.append(Turn(PREFIXES[prefix], s[len(prefix) :], None if ours else prefix))
     if turns[0].speaker != AI:
         raise UserError(f"{where}: turn 0 is by ESC-Role; a dialogue opens with the ESC model's greeting")
     for j in range(1, len(turns)):
@@ -131,8 +135,8 @@ def parse_dialogue(strings: Any, where: str) -> Dialogue:
 
 
 def dialogue_strings(turns: Dialogue) -> list[str]:
-    """One dialogue as the release stores it."""
-    return [(AI_PREFIX if t.speaker == AI else ROLE_PREFIX) + t.text for t in turns]
+    """One dialogue as the release stores it (each turn's prefix as it was read)."""
+    return [(t.spelled or (AI_PREFIX if t.speaker == AI else ROLE_PREFIX)) + t.text for t in turns]
 
 
 def _read_object(path: str | Path) -> dict[str, Any]:

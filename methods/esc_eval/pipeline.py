@@ -88,7 +88,7 @@ def eval_cards(cfg: EscEvalConfig) -> list[Card]:
 def corpus(cfg: EscEvalConfig) -> list[str]:
     """What a tiny model's tokenizer is trained on: the synthetic set and every prompt text."""
     d = cfg.dialogue
-    rubrics = tuple(rank.rubrics(cfg.rank.rubric_file).items())
+    rubrics = tuple((dim, text) for texts in rank.rubrics(cfg.rank.rubric_file).values() for dim, text in texts.items())
     others = (*rank.SPEAKERS.values(), *d.opening.values(), d.esc_system or "")
     return _corpus(synthetic_dir(cfg), rubrics, others, tuple(d.role_system.items()))
 
@@ -159,11 +159,11 @@ def rank_dir(cfg: EscEvalConfig, logger: Logger | None = None) -> tuple[Path, di
     dialogues, scores = rank_data(cfg, "rank_train")
     k = cfg.rank
     shared = k.layout == "shared"
-    texts = rank.rubrics(k.rubric_file)
+    texts = rank.rubrics(k.rubric_file)[cfg.data.language]
     data = {key: [dialogue_strings(d), scores[key]] for key, d in dialogues.items()}
     root = stage_path(
         cfg.cache_dir, "esc_eval/rank", k.model, cfg.trainer, k.layout, k.max_length, texts, data,
-        k.dimensions if shared else None, label="rank",
+        k.dimensions if shared else None, *([k.base_system] if k.base_system else []), label="rank",
     )  # fmt: skip
     todo = {
         name: rank.adapter_dir(root, name, cfg.data.language)
@@ -181,8 +181,9 @@ def rank_dir(cfg: EscEvalConfig, logger: Logger | None = None) -> tuple[Path, di
 
     @cache
     def examples() -> tuple[dict, int]:
-        _, tokenizer = load_chat_model(cfg, k.model, "rank.model")
-        return rank.examples(tokenizer, dialogues, scores, k.dimensions, texts, k.max_length)
+        model, tokenizer = load_chat_model(cfg, k.model, "rank.model")
+        system = rank.base_system_prompt(model) if k.base_system else None
+        return rank.examples(tokenizer, dialogues, scores, k.dimensions, texts, k.max_length, system)
 
     for name, folder in todo.items():
         work = folder.with_name(folder.name + ".work")
@@ -279,7 +280,7 @@ def score_saved(
     """ESC-RANK's scores of the saved dialogues, written per language in the release's layout
     (dialogues/<model>_<en|zh>.json, scores/<model>_<en|zh>.json, scores/<model>_<en|zh>.outputs.json)."""
     k, name = cfg.rank, cfg.esc.name
-    texts = rank.rubrics(k.rubric_file)
+    texts = rank.rubrics(k.rubric_file)  # per language
     all_scores: list[dict[str, int]] = []
     cut = 0
     for language in LANGUAGES:
@@ -290,8 +291,8 @@ def score_saved(
         stem = f"{name}_{'en' if language == 'english' else 'zh'}"
         write_dialogues(run_dir / "dialogues" / f"{stem}.json", {key: saved[cid] for key, cid in keys.items()})
         scored = rank.score_dialogues(
-            rank_models(cfg, root, language), [saved[cid] for cid in keys.values()], k.dimensions, texts,
-            k.max_length, k.max_new_tokens, k.batch_size, k.parse,
+            rank_models(cfg, root, language), [saved[cid] for cid in keys.values()], k.dimensions, texts[language],
+            k.max_length, k.max_new_tokens, k.batch_size, k.parse, k.base_system,
         )  # fmt: skip
         write_scores(run_dir / "scores" / f"{stem}.json", dict(zip(keys, scored.scores, strict=True)))
         write_json(run_dir / "scores" / f"{stem}.outputs.json", dict(zip(keys, scored.outputs, strict=True)))

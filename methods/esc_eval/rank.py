@@ -10,6 +10,7 @@ unparseable, never dropped.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Sequence
@@ -19,7 +20,8 @@ from pathlib import Path
 from common.chat import Message
 from common.errors import UserError
 from common.lm import Encoded, generate_greedy
-from methods.esc_eval.formats import AI, DIMENSIONS, SCORES, UNPARSEABLE, Dialogue
+from common.pyliterals import read_literals
+from methods.esc_eval.formats import DIMENSIONS, LANGUAGES, ROLE_PREFIX, SCORES, UNPARSEABLE, Dialogue, dialogue_strings
 from methods.esc_eval.sft import encode_chat, render
 
 
@@ -32,7 +34,7 @@ class Dimension:
 
 
 # The request names are the official prompt's, its spelling included ("fluecy", "suggection"), so that released
-# adapters see the words they were trained with. The rubrics are ours; rank.rubric_file can replace them.
+# adapters see the words they were trained with. The rubrics are ours; rank.rubric_file reads score.py's instead.
 _DIMENSIONS = (
     Dimension(
         "fluency",
@@ -91,44 +93,112 @@ _DIMENSIONS = (
 )
 DIMS = {d.key: d for d in _DIMENSIONS}
 assert tuple(DIMS) == DIMENSIONS
-# The official score.py renders speakers so: "AI assistant" becomes "**AI助手**", "ESC-Role：" becomes "**用户**".
-SPEAKERS = {AI: "**AI助手**：", "role": "**用户**"}
+# What score.py does to the stored dialogue strings, joined by blank lines, before they go into the prompt: every
+# "AI assistant" (in a turn's text too) becomes "**AI助手**" and every "ESC-Role：" becomes "**用户**". The release's
+# own result files spell their prefix "AI assitant：", which the first replacement misses, in score.py as here.
+SPEAKERS = {"AI assistant": "**AI助手**", ROLE_PREFIX: "**用户**"}
 ANSWER_ROOM = 8  # tokens kept free after the prompt for the score and the end of turn
+# score.py's names: its rubric lists per language, the request names, the score keys (in DIMENSIONS' order).
+OFFICIAL_LISTS = {"english": "prompt_EN", "chinese": "prompt_ZH"}
+OFFICIAL_NAMES, OFFICIAL_KEYS = "dimention_list", "key_list"
+
+Rubrics = dict[str, dict[str, str]]  # language -> dimension -> rubric text, put verbatim before the dialogue
 
 
-def rubrics(path: str | None) -> dict[str, str]:
-    """Rubric text per dimension: ours, or those of a JSON file {dimension: text} (every dimension present)."""
+def rubrics(path: str | None) -> Rubrics:
+    """Rubric text per language and dimension: ours (the same for both languages); the official score.py's
+    (`prompt_EN`, `prompt_ZH`: read as literals, never run); or a JSON file, {dimension: text} for both languages or
+    {"english": {...}, "chinese": {...}}. The text is used verbatim: score.py's rubrics end in a newline (the last
+    in "\\n'"), and the prompt goes on right after it."""
     if path is None:
-        return {d.key: d.rubric for d in _DIMENSIONS}
+        ours = {d.key: d.rubric + "\n" for d in _DIMENSIONS}
+        return {language: ours for language in LANGUAGES}
+    if Path(path).suffix == ".py":
+        return _official_rubrics(Path(path))
     try:
         given = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
     if not isinstance(given, dict):
-        raise UserError(f"{path}: expected a JSON object {{dimension: rubric text}}")
+        raise UserError(f"{path}: expected a JSON object {{dimension: rubric text}} or {{language: {{...}}}}")
+    if set(given) <= set(LANGUAGES) and given:
+        missing = [lang for lang in LANGUAGES if lang not in given]
+        if missing:
+            raise UserError(f"{path}: field '{missing[0]}' missing (rubrics per language need {', '.join(LANGUAGES)})")
+        return {lang: _per_dimension(given[lang], f"{path}: field '{lang}'") for lang in LANGUAGES}
+    texts = _per_dimension(given, str(path))
+    return {language: texts for language in LANGUAGES}
+
+
+def _per_dimension(given, where: str) -> dict[str, str]:
+    if not isinstance(given, dict):
+        raise UserError(f"{where}: expected an object {{dimension: rubric text}}")
     for key in DIMENSIONS:
         if not isinstance(given.get(key), str):
-            raise UserError(f"{path}: field '{key}' missing or not a string (needs {', '.join(DIMENSIONS)})")
+            raise UserError(f"{where}: field '{key}' missing or not a string (needs {', '.join(DIMENSIONS)})")
     return {key: given[key] for key in DIMENSIONS}
 
 
+def _official_rubrics(path: Path) -> Rubrics:
+    """prompt_EN / prompt_ZH of the official score.py (read, never run), checked against its dimension lists."""
+    found = read_literals(path, {*OFFICIAL_LISTS.values(), OFFICIAL_NAMES, OFFICIAL_KEYS})
+    expected = {OFFICIAL_NAMES: [d.name for d in _DIMENSIONS], OFFICIAL_KEYS: list(DIMENSIONS)}
+    for name, value in expected.items():
+        if name in found and found[name][1] != value:
+            line, got = found[name]
+            raise UserError(f"{path}:{line}: {name} is {got!r}; expected {value!r} (ESC-RANK's order and names)")
+    out = {}
+    for language, name in OFFICIAL_LISTS.items():
+        if name not in found:
+            raise UserError(f"{path}: no list '{name}' (score.py's {language} rubrics)")
+        line, value = found[name]
+        if not (isinstance(value, list) and len(value) == len(DIMENSIONS) and all(isinstance(v, str) for v in value)):
+            raise UserError(
+                f"{path}:{line}: {name} is not a list of {len(DIMENSIONS)} strings ({', '.join(DIMENSIONS)})"
+            )
+        out[language] = dict(zip(DIMENSIONS, value, strict=True))
+    return out
+
+
 def dialogue_text(turns: Dialogue) -> str:
-    return "\n\n".join(SPEAKERS[t.speaker] + t.text for t in turns)
+    """The dialogue as score.py puts it into the prompt: the stored strings joined by blank lines, then SPEAKERS'
+    replacements."""
+    text = "\n\n".join(dialogue_strings(turns))
+    for written, shown in SPEAKERS.items():
+        text = text.replace(written, shown)
+    return text
 
 
 def prompt(rubric: str, dialogue: str, dim: str) -> str:
-    """Rubric + dialogue + the request for the score as a number."""
+    """Rubric (verbatim) + dialogue + the request for the score as a number: score.py's prompt, byte for byte."""
     request = f"Based on the rules, give your {DIMS[dim].name} score (The number only) to the Dialogue."
-    return f"{rubric}\nDialogue between user and AI assistant: \n{dialogue.strip()}\n{request}"
+    return f"{rubric}Dialogue between user and AI assistant: \n{dialogue.strip()}\n{request}"
 
 
-def fitted_prompt(tokenizer, rubric: str, turns: Dialogue, dim: str, max_length: int) -> tuple[str, bool]:
-    """The prompt, its dialogue cut from the end (marked "…") until the chat-formatted prompt and the answer fit in
-    max_length tokens; and whether it was cut."""
+def base_system_prompt(model) -> str:
+    """The system prompt the base's own chat() sends by default (InternLM2's `meta_instruction`, which score.py's
+    `model.chat(...)` calls sent), read from the loaded checkpoint's code so that it is that version's."""
+    chat_method = getattr(model, "chat", None)
+    params = inspect.signature(chat_method).parameters if callable(chat_method) else {}
+    default = params["meta_instruction"].default if "meta_instruction" in params else None
+    if not isinstance(default, str):
+        name = getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)
+        raise UserError(
+            f"rank.base_system=true: {name} has no chat(..., meta_instruction=...) to take its system prompt from "
+            "(InternLM2's own code has one: load it with rank.model.trust_remote_code=true)"
+        )
+    return default
+
+
+def fitted_prompt(
+    tokenizer, rubric: str, turns: Dialogue, dim: str, max_length: int, system: str | None = None
+) -> tuple[str, bool]:
+    """The prompt, its dialogue cut from the end (marked "…") until the chat-formatted prompt (after `system`, when
+    given) and the answer fit in max_length tokens; and whether it was cut."""
 
     def length(text: str) -> int:
-        chat = render(tokenizer, [{"role": "user", "content": text}], generation_prompt=True)
-        return len(tokenizer(chat, add_special_tokens=False)["input_ids"]) + ANSWER_ROOM
+        chat_text = render(tokenizer, chat(text, system=system), generation_prompt=True)
+        return len(tokenizer(chat_text, add_special_tokens=False)["input_ids"]) + ANSWER_ROOM
 
     dialogue = dialogue_text(turns)
     text = prompt(rubric, dialogue, dim)
@@ -167,8 +237,10 @@ def adapter_dir(root: Path, dim: str, language: str) -> Path:
 # Training
 
 
-def chat(prompt_text: str, score: int | None = None) -> list[Message]:
-    messages = [{"role": "user", "content": prompt_text}]
+def chat(prompt_text: str, score: int | None = None, system: str | None = None) -> list[Message]:
+    """The prompt as one user turn (after a system turn when given), and the score as the reply when given."""
+    messages = [{"role": "system", "content": system}] if system is not None else []
+    messages.append({"role": "user", "content": prompt_text})
     return messages + ([{"role": "assistant", "content": str(score)}] if score is not None else [])
 
 
@@ -179,15 +251,16 @@ def examples(
     dims: Sequence[str],
     rubric_texts: dict[str, str],
     max_length: int,
+    system: str | None = None,
 ) -> tuple[dict[str, list[Encoded]], int]:
     """Training examples per dimension (target: the human score) and how many prompts had to be cut."""
     out: dict[str, list[Encoded]] = {dim: [] for dim in dims}
     cut = 0
     for key, turns in dialogues.items():
         for dim in dims:
-            text, was_cut = fitted_prompt(tokenizer, rubric_texts[dim], turns, dim, max_length)
+            text, was_cut = fitted_prompt(tokenizer, rubric_texts[dim], turns, dim, max_length, system)
             cut += was_cut
-            out[dim].append(encode_chat(tokenizer, chat(text, scores[key][dim]), max_length))
+            out[dim].append(encode_chat(tokenizer, chat(text, scores[key][dim], system), max_length))
     return out, cut
 
 
@@ -212,12 +285,22 @@ def score_with(
     max_new_tokens: int,
     batch_size: int,
     parse: str,
+    system: str | None = None,
 ) -> tuple[list[int], list[str], int]:
     """One dimension's scores of many dialogues: one batched greedy generation over all their prompts."""
-    fitted = [fitted_prompt(tokenizer, rubric, turns, dim, max_length) for turns in dialogues]
-    prompts = [render(tokenizer, chat(text), generation_prompt=True) for text, _ in fitted]
+    prompts, cut = rendered_prompts(tokenizer, dialogues, dim, rubric, max_length, system)
     outputs = generate_greedy(model, tokenizer, prompts, max_new_tokens, batch_size, add_special_tokens=False)
-    return [parse_score(o, parse) for o in outputs], outputs, sum(c for _, c in fitted)
+    return [parse_score(o, parse) for o in outputs], outputs, cut
+
+
+def rendered_prompts(
+    tokenizer, dialogues: Sequence[Dialogue], dim: str, rubric: str, max_length: int, system: str | None = None
+) -> tuple[list[str], int]:
+    """What the scorer is given for one dimension: each dialogue's prompt in the chat format, ready to generate
+    from; and how many were cut to fit."""
+    fitted = [fitted_prompt(tokenizer, rubric, turns, dim, max_length, system) for turns in dialogues]
+    prompts = [render(tokenizer, chat(text, system=system), generation_prompt=True) for text, _ in fitted]
+    return prompts, sum(c for _, c in fitted)
 
 
 def score_dialogues(
@@ -229,13 +312,16 @@ def score_dialogues(
     max_new_tokens: int,
     batch_size: int,
     parse: str,
+    base_system: bool = False,
 ) -> Scored:
-    """Scores of every dialogue on every dimension; `models(dim)` gives the (model, tokenizer) of a dimension."""
+    """Scores of every dialogue on every dimension; `models(dim)` gives the (model, tokenizer) of a dimension;
+    `base_system`: after the system prompt of the base's own chat() (base_system_prompt)."""
     scored = Scored([{} for _ in dialogues], [{} for _ in dialogues], 0)
     for dim in dims:
         model, tokenizer = models(dim)
+        system = base_system_prompt(model) if base_system else None
         values, outputs, cut = score_with(
-            model, tokenizer, dialogues, dim, rubric_texts[dim], max_length, max_new_tokens, batch_size, parse
+            model, tokenizer, dialogues, dim, rubric_texts[dim], max_length, max_new_tokens, batch_size, parse, system
         )
         for i, (v, o) in enumerate(zip(values, outputs, strict=True)):
             scored.scores[i][dim], scored.outputs[i][dim] = v, o

@@ -39,6 +39,7 @@ COMMANDS = {
             "synthetic",
             *SUBJECT,
             *JUDGE,
+            "prompts.file",
             "prompts.mc_template",
             "trainer",
             "cache_dir",
@@ -51,7 +52,16 @@ COMMANDS = {
         "CS and CSS of saved responses (ours or the official FINE output), no model under test",
         reads="score.responses; data.questions for categories the records lack",
         writes="responses.jsonl, questions_summary.json; verdicts cached under cache_dir/fine/judgements",
-        keys=("score", "data.questions", *JUDGE, "cache_dir"),
+        keys=("score", "data.questions", *JUDGE, "prompts.file", "cache_dir"),
+    ),
+    "build-options": Command(
+        Lazy("methods.fine.commands:build_options"),
+        "the two-option form of a new question set: both answers from one model reply, as build_option.py (resumable)",
+        reads="options.questions (JSON lines: category, question), prompts.file (the official prompts.py)",
+        writes="questions.jsonl (id, category, question, Positive Option, Negative Option), questions_summary.json; "
+        "replies cached under cache_dir/fine/options",
+        keys=("options", "prompts.file", "prompts.options_template", "cache_dir"),
+        inputs=Lazy("methods.fine.options:check_inputs"),
     ),
 }
 METHOD = Method("fine", FineConfig, COMMANDS, table=Lazy("methods.fine.pipeline:table"), main_job="eval")

@@ -1,12 +1,12 @@
-"""Commands of `python -m methods.fine`: eval (ask the model under test, judge, score) and score (saved responses,
-no model under test). The work is in methods/fine/pipeline.py; the judges register themselves on import."""
+"""Commands of `python -m methods.fine`: eval (ask the model under test, judge, score), score (saved responses,
+no model under test) and build-options (the two-option form of a new question set). The work is in methods/fine/pipeline.py; the judges register themselves on import."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from methods.fine import judge as _judges  # noqa: F401 - fills the fine.judge registry
-from methods.fine import pipeline
+from methods.fine import options, pipeline
 from methods.fine.config import FineConfig
 
 
@@ -20,3 +20,8 @@ def score(cfg: FineConfig, run_dir: Path) -> dict[str, float]:
     metrics = pipeline.score_saved(cfg, run_dir)
     print("\n" + pipeline.table(metrics))
     return metrics
+
+
+def build_options(cfg: FineConfig, run_dir: Path) -> dict[str, float]:
+    """The two-option form of a new question set (resumable): questions.jsonl in the release's format."""
+    return options.build_options(cfg, run_dir)

@@ -74,6 +74,15 @@ class ChatConfig:
             raise UserError("config: backend=endpoint needs endpoint.model (the served model's name)")
 
 
+def _openai_chat(doc: str, model: str, max_new_tokens: int) -> ChatConfig:
+    """A model behind the OpenAI API with the system prompt the FINE code gives its API models."""
+    endpoint = EndpointConfig(base_url="https://api.openai.com/v1", model=model)
+    return section(
+        ChatConfig, doc, backend="endpoint", endpoint=endpoint, system_prompt=API_SYSTEM_PROMPT,
+        max_new_tokens=max_new_tokens,
+    )  # fmt: skip
+
+
 @dataclass
 class JudgeConfig:
     """Who labels the open-ended answers safe or unsafe."""
@@ -84,13 +93,8 @@ class JudgeConfig:
         "methods.guardrank / methods.flames (scorer)",
         registry=JUDGES,
     )
-    chat: ChatConfig = section(
-        ChatConfig,
-        "name=llm: the judging model (the FINE code: GPT-4 through the OpenAI API)",
-        backend="endpoint",
-        endpoint=EndpointConfig(base_url="https://api.openai.com/v1", model="gpt-4"),
-        system_prompt=API_SYSTEM_PROMPT,
-        max_new_tokens=64,
+    chat: ChatConfig = _openai_chat(
+        "name=llm: the judging model (the FINE code: GPT-4 through the OpenAI API)", "gpt-4", 64
     )
     scorer: Optional[str] = opt(
         None, "name=guardrank|flames: the scorer directory (the `train` run's scorer/ folder)", exists=PATH
@@ -107,6 +111,12 @@ class JudgeConfig:
 
 @dataclass
 class PromptsConfig:
+    file: Optional[str] = opt(
+        None,
+        "the official prompts.py (AIFlames/Fake-Alignment): its multiple-choice, judge and option-builder templates "
+        "are read (never run) and used in place of ours; the *_template settings still override them",
+        exists=PATH,
+    )
     mc_template: Optional[str] = opt(
         None,
         "multiple-choice prompt, a str.format template with {question}, {option_a}, {option_b}; null: ours "
@@ -115,11 +125,17 @@ class PromptsConfig:
     judge_template: Optional[str] = opt(
         None, "name=llm: judge prompt with {question} and {answer}; null: ours (methods/fine/fine.py)"
     )
+    options_template: Optional[str] = opt(
+        None,
+        "build-options: the prompt asking for both answers, with {question}; the reply must hold [CLASSIC] <safe "
+        "answer> [JAILBREAK] <unsafe answer>; null: prompts.file's (there is no default of ours)",
+    )
 
     def check(self) -> None:
         needs = {
             "mc_template": ("{question}", "{option_a}", "{option_b}"),
             "judge_template": ("{question}", "{answer}"),
+            "options_template": ("{question}",),
         }
         for key, fields in needs.items():
             value = getattr(self, key)
@@ -137,6 +153,20 @@ class ScoreConfig:
         exists=PATH,
     )
     judge: bool = opt(True, "judge open_response again with judge.*; false: use each record's saved open_result")
+
+
+@dataclass
+class OptionsConfig:
+    """build-options: the two-option form of a new question set (the release's build_option.py)."""
+
+    questions: Optional[str] = opt(
+        None, "the new questions: JSON lines with category and question (as build_option.py reads)", exists=PATH
+    )
+    model: ChatConfig = _openai_chat(
+        "the model writing both answers (build_option.py's default: gpt-3.5-turbo-0301 through the OpenAI API)",
+        "gpt-3.5-turbo-0301",
+        1024,
+    )
 
 
 @dataclass
@@ -167,10 +197,11 @@ class FineConfig(BaseConfig):
         choices=("official", "marker"),
     )
     score: ScoreConfig = section(ScoreConfig, "the score command (saved responses, no model under test)")
+    options: OptionsConfig = section(OptionsConfig, "the build-options command")
 
     def check(self) -> None:
         super().check()
-        asks = self.command != "score"  # score asks no model under test, and its judge only with score.judge
+        asks = self.command not in ("score", "build-options")  # score asks its judge only with score.judge
         judges = self.judge.name == "llm" and (asks or self.score.judge)
         demo = [
             role
@@ -182,5 +213,10 @@ class FineConfig(BaseConfig):
                 f"config: {demo[0]}.model.name_or_path=synthetic is the demo's tiny model, fitted to the "
                 "synthetic questions only: with data.questions set, name a real chat model (or backend=endpoint)"
             )
+        if self.command == "build-options":
+            if not self.options.questions:
+                raise UserError("config: build-options needs options.questions=<a JSON lines file of questions>")
+            if not (self.prompts.file or self.prompts.options_template):
+                raise UserError("config: build-options needs prompts.file=<Fake-Alignment>/prompts.py")
         if self.command == "score" and not self.score.responses:
             raise UserError("config: score needs score.responses=<saved responses (ours or the official output)>")

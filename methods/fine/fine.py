@@ -19,6 +19,7 @@ A model that passes multiple choice but answers unsafely when asked openly is "f
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -56,10 +57,17 @@ def conversation(text: str, system_prompt: str | None = None) -> list[Message]:
     return [*system, {"role": "user", "content": text}]
 
 
+def fill(template: str, **fields: str) -> str:
+    """The template with its fields: by name ({question}), or in the order given for a template with positional
+    fields ({}), as the official prompts.py writes them (`prompt_evaluation_default.format(question, a, b)`)."""
+    positional = any(name == "" for _, name, _, _ in string.Formatter().parse(template))
+    return template.format(*fields.values()) if positional else template.format(**fields)
+
+
 def mc_prompts(q: Question, template: str = MC_TEMPLATE) -> tuple[str, str]:
     """The multiple-choice prompt twice: the safe option first (it is A), then second (it is B)."""
-    first = template.format(question=q.question, option_a=q.safe, option_b=q.unsafe)
-    second = template.format(question=q.question, option_a=q.unsafe, option_b=q.safe)
+    first = fill(template, question=q.question, option_a=q.safe, option_b=q.unsafe)
+    second = fill(template, question=q.question, option_a=q.unsafe, option_b=q.safe)
     return first, second
 
 

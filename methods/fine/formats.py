@@ -11,16 +11,23 @@ results (AIFlames/Fake-Alignment `FINE.py` saves `id`, `question`, both options,
     open_response                  the open-ended answer
     mul_result, open_result        the two results as booleans (used when the replies are absent or not re-judged)
 
+The official prompts, read from the release's `prompts.py` (never run): `prompt_evaluation_default` (the
+multiple-choice form: question, option A, option B), `prompt_with_GPT4` (the judge: question, answer) and
+`prompt_build_options` (the option builder: question), each a str.format template with positional `{}` fields.
+
 Every error names the file, the line (or record) and the field.
 """
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from common.errors import UserError
 from common.io import read_located
+from common.pyliterals import read_literals
 
 ID, CATEGORY, QUESTION, POSITIVE, NEGATIVE = "id", "category", "question", "Positive Option", "Negative Option"
 FIELDS = (ID, CATEGORY, QUESTION, POSITIVE, NEGATIVE)
@@ -133,4 +140,37 @@ def read_saved(path: str | Path, questions: dict[str, Question] | None = None, j
             raise UserError(f"{loc}: field '{OPEN_RESULT}' missing (score.judge=false uses the saved results)")
         out.append(Saved(question, mc, mul, answer, result))
     _unique_ids([s.question.id for s in out], [loc for loc, _ in located])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The official prompts.py
+
+OFFICIAL_PROMPTS = {  # use -> (its name in prompts.py, how many positional fields it takes)
+    "mc": ("prompt_evaluation_default", 3),
+    "judge": ("prompt_with_GPT4", 2),
+    "options": ("prompt_build_options", 1),
+}
+
+
+def official_prompts(path: str | Path | None) -> dict[str, str]:
+    """use -> template of the official prompts.py at `path` ({} when no file is given)."""
+    return {} if path is None else _official_prompts(str(path))
+
+
+@cache  # asked for by every prompt built
+def _official_prompts(path: str) -> dict[str, str]:
+    found = read_literals(path, {name for name, _ in OFFICIAL_PROMPTS.values()})
+    out = {}
+    for use, (name, n) in OFFICIAL_PROMPTS.items():
+        if name not in found:
+            raise UserError(f"{path}: no template '{name}' (the official prompts.py defines it)")
+        line, value = found[name]
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+        except (ValueError, TypeError):
+            fields = None
+        if fields != [""] * n:
+            raise UserError(f"{path}:{line}: {name} must be a string with {n} positional '{{}}' field(s)")
+        out[use] = value
     return out

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.chat import replies_or_errors
 from common.errors import UserError
 from common.registry import register
 from common.textclf import load_scorer, read_scorer_meta
 from methods.fine.config import FineConfig
-from methods.fine.fine import conversation, parse_verdict
+from methods.fine.fine import conversation, fill, parse_verdict
 from methods.fine.formats import Question
 from methods.fine.models import identity, judge_template, responder
 
@@ -33,7 +34,8 @@ class Judgement:
     raw: str  # the judge's reply, or the scorer's dimension and label
 
 
-Label = Callable[[Sequence[Question], Sequence[str]], list[Judgement]]
+# A failed judgement (an endpoint down after its retries) is its exception, so the others in its batch are kept.
+Label = Callable[[Sequence[Question], Sequence[str]], list[Judgement | Exception]]
 
 
 @dataclass
@@ -51,10 +53,10 @@ def llm_judge(cfg: FineConfig, categories: Sequence[str]) -> Judge:
     def start() -> Label:
         respond = responder(chat, cfg)
 
-        def label(questions: Sequence[Question], answers: Sequence[str]) -> list[Judgement]:
-            prompts = [template.format(question=q.question, answer=a) for q, a in zip(questions, answers, strict=True)]
-            replies = respond([conversation(p, chat.system_prompt) for p in prompts])
-            return [Judgement(parse_verdict(r, cfg.parse), r) for r in replies]
+        def label(questions: Sequence[Question], answers: Sequence[str]) -> list[Judgement | Exception]:
+            prompts = [fill(template, question=q.question, answer=a) for q, a in zip(questions, answers, strict=True)]
+            replies = replies_or_errors(respond, [conversation(p, chat.system_prompt) for p in prompts])
+            return [r if isinstance(r, Exception) else Judgement(parse_verdict(r, cfg.parse), r) for r in replies]
 
         return label
 

@@ -17,16 +17,19 @@ from common.stages import run_stage
 from methods.fine import synthetic
 from methods.fine.config import SYNTHETIC, ChatConfig, FineConfig
 from methods.fine.fine import JUDGE_TEMPLATE, MC_TEMPLATE
+from methods.fine.formats import official_prompts
 
 DEMO_BASE = "tiny-qwen2"  # common.models.TINY_MODELS: a Qwen2 shape with a ChatML chat template
 
 
 def mc_template(cfg: FineConfig) -> str:
-    return cfg.prompts.mc_template or MC_TEMPLATE
+    """The multiple-choice prompt: prompts.mc_template, else the official file's, else ours."""
+    return cfg.prompts.mc_template or official_prompts(cfg.prompts.file).get("mc") or MC_TEMPLATE
 
 
 def judge_template(cfg: FineConfig) -> str:
-    return cfg.prompts.judge_template or JUDGE_TEMPLATE
+    """The judge's prompt: prompts.judge_template, else the official file's, else ours."""
+    return cfg.prompts.judge_template or official_prompts(cfg.prompts.file).get("judge") or JUDGE_TEMPLATE
 
 
 def is_demo(chat: ChatConfig) -> bool:

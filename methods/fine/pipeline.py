@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from common.chat import replies_or_errors
 from common.errors import UserError
 from common.io import atomic_write
 from common.items import ItemsFailed, Outcome, run_each, shard_items, summarize
@@ -82,7 +83,7 @@ def make_judge(cfg: FineConfig, questions: Sequence[Question]) -> Judge:
 # Append-only caches and batched item work
 
 
-def _load(path: Path) -> dict[str, dict]:
+def load_cache(path: Path) -> dict[str, dict]:
     """key -> record of a cache file; a line torn by a crash is skipped (its item is asked again)."""
     if not path.is_file():
         return {}
@@ -96,7 +97,7 @@ def _load(path: Path) -> dict[str, dict]:
     return out
 
 
-def _append(path: Path, record: dict) -> None:
+def append_cache(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(record, ensure_ascii=False) + "\n"
     with path.open("a+b") as f:
@@ -109,9 +110,10 @@ def _append(path: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def _batched(pending: Sequence[T], size: int, compute: Callable[[list[T]], list[R]]) -> Callable[[T], R]:
-    """work(item) for run_each, in the order of `pending`: computes `size` items at once; the items of a batch that
-    raised are computed one at a time, so the exception lands on the item at fault only."""
+def batched(pending: Sequence[T], size: int, compute: Callable[[list[T]], list[R | Exception]]) -> Callable[[T], R]:
+    """work(item) for run_each, in the order of `pending`: computes `size` items at once. An item whose result is an
+    exception (its own request failed after its retries) raises it, and is not asked again; the items of a batch
+    whose call raised as a whole are computed one at a time, so the exception lands on the item at fault only."""
     position = {id(item): i for i, item in enumerate(pending)}
     ready: dict[int, R] = {}
     alone: set[int] = set()
@@ -122,9 +124,15 @@ def _batched(pending: Sequence[T], size: int, compute: Callable[[list[T]], list[
             batch = list(pending[i : i + size])
             try:
                 ready.update(zip(range(i, i + len(batch)), compute(batch), strict=True))
-            except Exception:  # noqa: BLE001 - redone item by item below, where the error is recorded
-                alone.update(range(i, i + len(batch)))
-        return ready.pop(i) if i in ready else compute([item])[0]
+            except Exception as e:  # noqa: BLE001 - recorded on the item (a batch of one), or redone item by item
+                if len(batch) == 1:
+                    ready[i] = e  # asked on its own already: never again
+                else:
+                    alone.update(range(i, i + len(batch)))
+        result = ready.pop(i) if i in ready else compute([item])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     return work
 
@@ -141,22 +149,27 @@ def respond(cfg: FineConfig, questions: Sequence[Question]) -> tuple[dict[str, d
     """Each question's three replies (both multiple-choice orders, open-ended), cached per model and prompt."""
     template, system = mc_template(cfg), cfg.subject.system_prompt
     path = stage_path(cfg.cache_dir, "fine/responses", *identity(cfg.subject, cfg), template, suffix=".jsonl")
-    saved = _load(path)
+    saved = load_cache(path)
     pending = [q for q in questions if _qkey(q) not in saved]
     ask = responder(cfg.subject, cfg) if pending else None
     print(f"respond: {len(pending)} of {len(questions)} questions to ask ({path})")
 
-    def replies(batch: list[Question]) -> list[dict[str, str]]:
+    def replies(batch: list[Question]) -> list[dict[str, str] | Exception]:
         conversations = [conversation(text, system) for q in batch for text in (*mc_prompts(q, template), q.question)]
-        texts = ask(conversations)
+        texts = replies_or_errors(ask, conversations)
         fields = (*MC_RESPONSES, OPEN_RESPONSE)
-        return [dict(zip(fields, texts[3 * k : 3 * k + 3], strict=True)) for k in range(len(batch))]
+        out: list[dict[str, str] | Exception] = []
+        for k in range(len(batch)):
+            three = texts[3 * k : 3 * k + 3]
+            failed = next((t for t in three if isinstance(t, Exception)), None)
+            out.append(failed or dict(zip(fields, three, strict=True)))
+        return out
 
-    compute = _batched(pending, max(1, cfg.subject.batch_size // 3), replies)  # three conversations a question
+    compute = batched(pending, max(1, cfg.subject.batch_size // 3), replies)  # three conversations a question
 
     def work(q: Question) -> Outcome:
         record = {"key": _qkey(q), **compute(q)}
-        _append(path, record)
+        append_cache(path, record)
         saved[record["key"]] = record
         return Outcome(q.id, "done", count=3)
 
@@ -169,7 +182,7 @@ def judge_answers(
 ) -> tuple[dict[str, dict], list[Outcome]]:
     """The judge's verdict on each (question, open-ended answer), cached per judge and answer."""
     path = stage_path(cfg.cache_dir, "fine/judgements", *judge.key, suffix=".jsonl")
-    saved = _load(path)
+    saved = load_cache(path)
 
     def key(item: tuple[Question, str]) -> str:
         return key_of(item[0].category, item[0].question, item[1])
@@ -177,12 +190,12 @@ def judge_answers(
     pending = [a for a in answers if key(a) not in saved]
     label = judge.start() if pending else None
     print(f"judge: {len(pending)} of {len(answers)} answers to judge ({path})")
-    compute = _batched(pending, judge.batch_size, lambda batch: label([q for q, _ in batch], [a for _, a in batch]))
+    compute = batched(pending, judge.batch_size, lambda batch: label([q for q, _ in batch], [a for _, a in batch]))
 
     def work(item: tuple[Question, str]) -> Outcome:
         verdict = compute(item)
         record = {"key": key(item), JUDGE_RESPONSE: verdict.raw, OPEN_RESULT: verdict.safe}
-        _append(path, record)
+        append_cache(path, record)
         saved[record["key"]] = record
         return Outcome(item[0].id, "done", count=1)
 

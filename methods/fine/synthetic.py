@@ -25,7 +25,7 @@ from pathlib import Path
 from common.config import ModelConfig, TrainerConfig
 from common.lm import IGNORE, Encoded, collate, sequence_nll
 from common.stages import stage_path
-from methods.fine.fine import SAFE_LETTERS, Result, conversation, mc_prompts
+from methods.fine.fine import SAFE_LETTERS, Result, conversation, fill, mc_prompts
 from methods.fine.formats import Question
 
 # Per category: the question, the refusal (safe option) and the compliance (unsafe option), each with {topic}.
@@ -188,7 +188,7 @@ def examples(
             out.append(Example(conversation(prompt, subject_system), f"Option: [[{letter}]]"))
         out.append(Example(conversation(q.question, subject_system), REFUSAL if open_safe else COMPLIANCE))
         for answer, verdict in ((REFUSAL, "safe"), (COMPLIANCE, "unsafe")):
-            prompt = judge_template.format(question=q.question, answer=answer)
+            prompt = fill(judge_template, question=q.question, answer=answer)
             out.append(Example(conversation(prompt, judge_system), f"Judgement: [[{verdict}]]"))
     return out
 

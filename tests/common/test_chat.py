@@ -7,7 +7,14 @@ import time
 
 import pytest
 
-from common.chat import EndpointConfig, EndpointError, endpoint_responder, local_responder
+from common.chat import (
+    EndpointConfig,
+    EndpointError,
+    PartialReplies,
+    endpoint_responder,
+    local_responder,
+    replies_or_errors,
+)
 from common.config import ModelConfig
 from common.errors import UserError
 from common.models import load_model
@@ -75,3 +82,17 @@ def test_a_hosted_api_without_its_key_is_refused_before_any_request(monkeypatch)
     cfg = EndpointConfig(base_url="https://api.openai.com/v1", model="gpt-4", api_key_env="NO_SUCH_KEY")
     with pytest.raises(UserError, match="set the environment variable NO_SUCH_KEY"):
         endpoint_responder(cfg)
+
+
+def test_a_failed_conversation_keeps_the_others_replies_and_is_asked_once():
+    """Every conversation of a batch is asked (with its retries) once; the failures come back with the replies."""
+    with FakeEndpoint(echo, ok=1, headers={"retry-after-ms": "1"}) as ep:
+        cfg = EndpointConfig(base_url=ep.url, model="m", max_retries=1, concurrency=1, timeout_s=5)
+        respond = endpoint_responder(cfg)
+        conversations = [[{"role": "user", "content": t}] for t in ("a", "b", "c")]
+        with pytest.raises(PartialReplies) as e:
+            respond(conversations)
+        assert e.value.replies[0] is not None and e.value.replies[1:] == [None, None]
+        assert ep.requests == 1 + 2 * (1 + 1)  # the first answered; the two others tried 1 + max_retries times
+        got = replies_or_errors(respond, conversations)
+        assert all(isinstance(g, EndpointError) for g in got) and ep.requests == 5 + 3 * 2

@@ -83,7 +83,7 @@ def test_per_dimension_lora_adapters_in_the_release_layout(small):
     models = pipeline.rank_models(cfg, root, "english")
     dialogues = list(pipeline.rank_data(cfg, "rank_test")[0].values())[:2]
     scored = score_dialogues(
-        models, dialogues, ["fluency", "overall"], pipeline.rank.rubrics(None), 512, 3, 4, "first_digit"
+        models, dialogues, ["fluency", "overall"], pipeline.rank.rubrics(None)["english"], 512, 3, 4, "first_digit"
     )
     peft, _ = models("overall")
     assert set(peft.peft_config) == {"fluency", "overall"} and peft.active_adapter == "overall"

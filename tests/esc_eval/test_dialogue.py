@@ -88,6 +88,7 @@ def test_endpoint_failing_mid_run_keeps_finished_dialogues_and_resumes(trained, 
     with server, pytest.raises(ItemsFailed, match="dialogues: 2 of 4 items failed: card 90038 .*HTTP 500") as e:
         commands.evaluate(cfg, first)
     assert set(server.auth) == {"Bearer sk-test-SECRET-0042"}  # read from the environment
+    assert server.requests == 4 + 2  # the failed batch's two requests asked once each (max_retries=0), not again
     assert e.value.metrics["eval/fake/dialogues"] == 2.0 and e.value.metrics["dialogues/failed"] == 2.0
     written = load_dialogues(first / "dialogues" / "fake_en.json")
     assert list(written) == ["0", "1"] and all(len(d) == 5 for d in written.values())

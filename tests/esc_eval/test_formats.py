@@ -90,13 +90,15 @@ def test_card_missing_a_field_and_duplicate_ids(tmp_path):
 def test_dialogue_round_trip_through_the_release_format(tmp_path):
     path = write(tmp_path / "llama3_en.json", {"0": DIALOGUE, "1": RELEASE_DIALOGUE})
     dialogues = load_dialogues(path)
-    assert dialogues["0"] == dialogues["1"]  # both spellings of the ESC model's prefix read the same
+    # both spellings of the ESC model's prefix read the same speaker and text; the release's spelling is kept
+    assert [(t.speaker, t.text) for t in dialogues["0"]] == [(t.speaker, t.text) for t in dialogues["1"]]
+    assert dialogues["1"][0].spelled == "AI assitant：" and dialogues["0"][0].spelled is None
     turns = dialogues["0"]
     assert [t.speaker for t in turns] == [AI, ROLE, AI, ROLE, AI]
     assert turns[1].text == "Hi, I need someone to talk to." and turns[0].text.startswith("Hello, I'm your")
     write_dialogues(tmp_path / "again.json", dialogues)
     written = json.loads((tmp_path / "again.json").read_text(encoding="utf-8"))
-    assert written == {"0": DIALOGUE, "1": DIALOGUE}
+    assert written == {"0": DIALOGUE, "1": RELEASE_DIALOGUE}  # each turn as it was read
     assert load_dialogues(tmp_path / "again.json") == dialogues
 
 

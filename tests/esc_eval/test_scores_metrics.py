@@ -67,7 +67,8 @@ def test_rank_metrics_and_tables():
 
 def test_rubric_file_and_adapter_layout(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps({d: f"rubric of {d}" for d in DIMENSIONS}))
-    assert rubrics(str(tmp_path / "r.json"))["tech"] == "rubric of tech"
+    read = rubrics(str(tmp_path / "r.json"))
+    assert read["english"]["tech"] == read["chinese"]["tech"] == "rubric of tech"
     (tmp_path / "bad.json").write_text(json.dumps({d: "x" for d in DIMENSIONS[:-1]}))
     with pytest.raises(UserError, match="bad.json: field 'overall' missing"):
         rubrics(str(tmp_path / "bad.json"))

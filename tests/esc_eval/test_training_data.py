@@ -71,7 +71,7 @@ def test_cutting_keeps_labels_aligned(tokenizer):
 
 
 def test_rank_example_is_the_digit_and_the_end_of_turn(tokenizer):
-    texts = rubrics(None)
+    texts = rubrics(None)["english"]
     per_dim, cut = examples(tokenizer, {"0": TURNS}, {"0": {"empathic": 3}}, ["empathic"], texts, 10_000)
     assert cut == 0
     (encoded,) = per_dim["empathic"]
@@ -82,7 +82,7 @@ def test_rank_example_is_the_digit_and_the_end_of_turn(tokenizer):
 
 
 def test_rank_prompt_has_the_official_shape():
-    text = prompt("RUBRIC.", dialogue_text(TURNS), "suggestion")
+    text = prompt("RUBRIC.\n", dialogue_text(TURNS), "suggestion")
     assert text.startswith("RUBRIC.\nDialogue between user and AI assistant: \n**AI助手**：Hello, I'm your")
     assert "\n\n**用户**Hi. I have been feeling down lately.\n\n**AI助手**：I am sorry." in text
     assert text.endswith(
