@@ -37,9 +37,9 @@ COMMANDS = {
     ),
     "export": Command(
         Lazy("methods.dqmq.commands:export"),
-        "per-layer bit-widths per quality level of a trained model as JSON",
-        reads="export.run_dir's <export.method>/model/ and the test images",
-        writes="bits.json",
+        "a trained model as ONNX (QDQ per layer at its bits; DQMQ: with its router) and its bits per level as JSON",
+        reads="export.run_dir's <export.method>/model/, the test images (DQMQ: the training mixture too)",
+        writes="onnx/ (deploy.json, config_<i>.onnx, router.onnx), bits.json",
         keys=(*DATA, "export", "eval.batch_size", "cpu_threads"),
         inputs=Lazy("methods.dqmq.commands:check_inputs"),
     ),

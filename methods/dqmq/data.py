@@ -21,14 +21,17 @@ from torchvision.transforms.v2 import functional as TF
 
 from common.errors import UserError
 
-CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "jpeg", "downsample")
+CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "jpeg", "downsample", "contrast")
 # Our severity scales (the paper's are not known). Noise: ImageNet-C's sigmas on [0, 1] pixels. Blur: sigma in pixels.
 # JPEG: quality (ImageNet-C's, the mildest raised from 25). Downsampling: the factor of a down-then-up resize.
+# Contrast: ImageNet-C's factors c, pixels pulled to the image's mean, (x - mean) c + mean: the corruption that low
+# activation bits cannot resolve (at c = 0.05 a digit spans 13 of 256 grey levels, under one 4-bit step).
 SEVERITY = {
     "gaussian_noise": (0.08, 0.12, 0.18, 0.26, 0.38),
     "gaussian_blur": (0.5, 0.8, 1.1, 1.5, 2.0),
     "jpeg": (30, 20, 15, 10, 7),
     "downsample": (1.5, 2.0, 3.0, 4.0, 6.0),
+    "contrast": (0.4, 0.3, 0.2, 0.1, 0.05),
 }
 SPLITS = {"train": 0, "test": 1}
 
@@ -68,6 +71,10 @@ def corrupt(image: torch.Tensor, level: Level, seed: int) -> torch.Tensor:
         return TF.gaussian_blur(image, [k, k], [p, p])
     if level.corruption == "jpeg":
         return TF.jpeg(image, int(p))
+    if level.corruption == "contrast":
+        x = image.float()
+        mean = x.mean((-3, -2, -1), keepdim=True)
+        return ((x - mean) * p + mean).round().clamp(0, 255).to(torch.uint8)
     small = max(2, round(side / p))
     size = list(image.shape[-2:])
     return TF.resize(TF.resize(image, [small, small], antialias=True), size, antialias=False)
