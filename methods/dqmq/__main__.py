@@ -9,7 +9,7 @@ COMMANDS = {
         Lazy("methods.dqmq.commands:train"),
         "DQMQ and the baselines (method=..., compare=[...]) on mixed-quality data, evaluated per quality level",
         reads="data.* (digits offline; cifar / imagefolder from data.root); the cached full-precision network",
-        writes="<method>/model/, levels.csv, levels.json, bits_<method>.png, pareto.png; cache_dir/dqmq/fp",
+        writes="<method>/model/, levels.csv, levels.json, correct.npz, bits_<method>.png, pareto.png; cache_dir/dqmq/fp",
         keys=(
             *DATA,
             "method",
@@ -30,8 +30,9 @@ COMMANDS = {
     "eval": Command(
         Lazy("methods.dqmq.commands:eval"),
         "accuracy, mean bits and BitOps per quality level and severity of a train run's models",
-        reads="eval.run_dir's <method>/model/ (or the latest train run); eval.bits_json to run at exported bits",
-        writes="levels.csv, levels.json, bits_<method>.png, pareto.png",
+        reads="eval.run_dir's <method>/model/ (or the latest train run); eval.bits_json to run at exported bits; "
+        "eval.corrupted: a CIFAR-10-C / CIFAR-100-C folder or an ImageNet-C root",
+        writes="levels.csv, levels.json, correct.npz, bits_<method>.png, pareto.png; corruptions.csv (eval.corrupted)",
         keys=(*DATA, "eval", "cpu_threads"),
         inputs=Lazy("methods.dqmq.commands:check_inputs"),
     ),
