@@ -14,7 +14,13 @@ from common.registry import declare
 
 NETS = declare("dqmq.net", ("digits_cnn", "resnet20", "resnet18", "mobilenetv2_100"), module="methods.dqmq.nets")
 
-CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "jpeg", "downsample")  # as methods/dqmq/data.py (not imported:
+CORRUPTIONS = (
+    "gaussian_noise",
+    "gaussian_blur",
+    "jpeg",
+    "downsample",
+    "contrast",
+)  # as methods/dqmq/data.py (not imported:
 METHODS = ("dqmq", "fp", "fixed", "static")  # the config module must not import the modules that build things)
 
 
@@ -33,7 +39,11 @@ class DataConfig:
     test_fraction: float = opt(0.3, "digits: share held out for testing (stratified)", gt=0, lt=1)
     max_train: Optional[int] = opt(None, "use at most this many training images (a seeded subset)", ge=1)
     max_test: Optional[int] = opt(None, "use at most this many test images (a seeded subset)", ge=1)
-    corruptions: List[str] = opt(list(CORRUPTIONS), "corruption types of the mixed-quality data", choices=CORRUPTIONS)
+    corruptions: List[str] = opt(
+        ["gaussian_noise", "gaussian_blur", "downsample", "contrast"],
+        "corruption types of the mixed-quality data (also: jpeg, which barely changes 16-px digits)",
+        choices=CORRUPTIONS,
+    )
     severities: List[int] = opt([1, 2, 3, 4, 5], "severities of every corruption", ge=1, le=5)
     clean_fraction: float = opt(
         0.2, "share of clean training samples; the rest spread evenly over corruption x severity", ge=0, le=1
@@ -123,12 +133,22 @@ class EvalConfig:
         exists=PATH,
     )
     batch_size: int = opt(512, "images per forward", ge=1, key=False)
+    corrupted: Optional[str] = opt(
+        None,
+        "a published corruption benchmark to evaluate on as well: a CIFAR-10-C / CIFAR-100-C folder "
+        "(<corruption>.npy, labels.npy) or an ImageNet-C root (<corruption>/<severity>/<class>/*.JPEG)",
+        exists=PATH,
+    )
+    max_per_severity: Optional[int] = opt(None, "eval.corrupted: at most this many images per severity", ge=1)
 
 
 @dataclass
 class ExportConfig:
     run_dir: Optional[str] = opt(None, "a train run dir; null: the latest under outputs/dqmq/train", exists=PATH)
-    method: str = opt("dqmq", "whose bit-widths: a method name of the run (dqmq, static, w8a8, ...)")
+    method: str = opt("dqmq", "whose model: a method name of the run (dqmq, static, w8a8, fp: ONNX only, ...)")
+    max_configs: int = opt(
+        64, "DQMQ's ONNX export: at most this many configurations (the most frequent on the training data)", ge=1
+    )
 
 
 @dataclass
@@ -152,7 +172,7 @@ class DQMQConfig(BaseConfig):
     )
     pretrain: PretrainConfig = section(PretrainConfig, "the full-precision starting point", trains=True)
     eval: EvalConfig = section(EvalConfig, "evaluating a train run per quality level")
-    export: ExportConfig = section(ExportConfig, "per-layer bit-widths per quality level as JSON")
+    export: ExportConfig = section(ExportConfig, "per-layer bit-widths per quality level as JSON, and the ONNX model")
     cpu_threads: Optional[int] = opt(None, "CPU intra-op threads; null: torch's default", ge=1, key=False)
 
     def check(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +22,17 @@ from torchvision.transforms.v2 import functional as TF
 
 from common.errors import UserError
 
-CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "jpeg", "downsample")
+CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "jpeg", "downsample", "contrast")
 # Our severity scales (the paper's are not known). Noise: ImageNet-C's sigmas on [0, 1] pixels. Blur: sigma in pixels.
 # JPEG: quality (ImageNet-C's, the mildest raised from 25). Downsampling: the factor of a down-then-up resize.
+# Contrast: ImageNet-C's factors c, pixels pulled to the image's mean, (x - mean) c + mean: the corruption that low
+# activation bits cannot resolve (at c = 0.05 a digit spans 13 of 256 grey levels, under one 4-bit step).
 SEVERITY = {
     "gaussian_noise": (0.08, 0.12, 0.18, 0.26, 0.38),
     "gaussian_blur": (0.5, 0.8, 1.1, 1.5, 2.0),
     "jpeg": (30, 20, 15, 10, 7),
     "downsample": (1.5, 2.0, 3.0, 4.0, 6.0),
+    "contrast": (0.4, 0.3, 0.2, 0.1, 0.05),
 }
 SPLITS = {"train": 0, "test": 1}
 
@@ -68,6 +72,10 @@ def corrupt(image: torch.Tensor, level: Level, seed: int) -> torch.Tensor:
         return TF.gaussian_blur(image, [k, k], [p, p])
     if level.corruption == "jpeg":
         return TF.jpeg(image, int(p))
+    if level.corruption == "contrast":
+        x = image.float()
+        mean = x.mean((-3, -2, -1), keepdim=True)
+        return ((x - mean) * p + mean).round().clamp(0, 255).to(torch.uint8)
     small = max(2, round(side / p))
     size = list(image.shape[-2:])
     return TF.resize(TF.resize(image, [small, small], antialias=True), size, antialias=False)
@@ -102,22 +110,79 @@ def _digits(image_size: int, test_fraction: float, seed: int) -> Images:
     return Images(x[tr], y[tr], x[te], y[te], [str(c) for c in d.target_names])
 
 
-def _cifar(name: str, root: Path, image_size: int, download: bool) -> Images:
-    from torchvision import datasets
+# CIFAR's python release: pickled dicts of byte keys; the only objects they hold are numpy arrays.
+_CIFAR = {
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        "batches.meta",
+        b"labels",
+        b"label_names",
+    ),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", b"fine_labels", b"fine_label_names"),
+}
+# numpy's array rebuilders, and _codecs.encode, which protocol-2 pickles written by Python 3 use for bytes.
+_CIFAR_GLOBALS = {
+    ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+}
 
-    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR's batches hold (dicts, lists, bytes, numpy arrays): no other class is built."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a CIFAR batch")
+
+
+def _cifar_batch(path: Path) -> dict:
     try:
-        train, test = (cls(str(root), train=t, download=download) for t in (True, False))
-    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
+        with path.open("rb") as f:
+            return _CifarUnpickler(f, encoding="bytes").load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise UserError(f"{path}: not a CIFAR python batch ({e})") from None
+
+
+def _cifar(name: str, root: Path, image_size: int, download: bool) -> Images:
+    """CIFAR-10/100 from torchvision's folder (the python release, `cifar-10-batches-py/` or `cifar-100-python/`
+    under data.root), read here without torchvision's md5 checks: data uint8 [N, 3072] (R, G, B planes of 32 x 32),
+    labels, and the class names of the meta file."""
+    folder, train_files, test_files, meta_file, label_key, names_key = _CIFAR[name]
+    if download and not (root / folder).is_dir():
+        from torchvision import datasets
+
+        (datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100)(str(root), train=True, download=True)
+    base = root / folder if (root / folder).is_dir() else root
+    if not (base / meta_file).is_file():
         raise UserError(
-            f"data.root={root}: {name} not found ({e}); put the torchvision CIFAR folder there or set "
-            "data.download=true where the internet is reachable"
-        ) from None
+            f"data.root={root}: {name} not found (no {folder}/{meta_file}); put torchvision's CIFAR folder there or "
+            "set data.download=true where the internet is reachable"
+        )
 
-    def tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
-        return _resize(torch.from_numpy(ds.data).permute(0, 3, 1, 2), image_size), torch.tensor(ds.targets)
+    def split(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = [], []
+        for f in files:
+            batch = _cifar_batch(base / f)
+            data, labels = np.asarray(batch.get(b"data")), batch.get(label_key)
+            if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels or []) != len(data):
+                raise UserError(
+                    f"{base / f}: 'data' {data.dtype} {list(data.shape)} with {len(labels or [])} "
+                    f"'{label_key.decode()}'; expected uint8 [N, 3072] and N labels"
+                )
+            xs.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
+            ys.append(torch.tensor(labels, dtype=torch.long))
+        return _resize(torch.cat(xs), image_size), torch.cat(ys)
 
-    return Images(*tensors(train), *tensors(test), list(train.classes))
+    classes = [c.decode() for c in _cifar_batch(base / meta_file)[names_key]]
+    return Images(*split(train_files), *split(test_files), classes)
 
 
 def _read_folder(folder: Path, image_size: int, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

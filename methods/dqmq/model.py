@@ -36,6 +36,7 @@ class QuantModel(nn.Module):
     ):
         super().__init__()
         self.method = method
+        self.in_chans, self.image_size = in_chans, image_size
         self.net = create(
             "dqmq.net", arch, num_classes=num_classes, in_chans=in_chans, width=width, pretrained=pretrained
         )

@@ -58,10 +58,10 @@ def quality_features(image: torch.Tensor) -> torch.Tensor:
     tv = _tv(g) + eps
     tv_half = _tv(F.avg_pool2d(g, 2)) + eps if min(g.shape[-2:]) >= 4 else tv
     dx = g.diff(dim=-1).abs()
-    if dx.shape[-1] >= 9:  # differences across column 8k-1 -> 8k against all others
-        at_grid = torch.zeros(dx.shape[-1], dtype=torch.bool, device=g.device)
-        at_grid[7::8] = True
-        blocky = dx[..., at_grid].mean((1, 2, 3)) / (dx[..., ~at_grid].mean((1, 2, 3)) + eps)
+    if dx.shape[-1] >= 9:  # differences across column 8k-1 -> 8k against all others (fixed indices: exportable)
+        grid = [i for i in range(dx.shape[-1]) if i % 8 == 7]
+        rest = [i for i in range(dx.shape[-1]) if i % 8 != 7]
+        blocky = dx[..., grid].mean((1, 2, 3)) / (dx[..., rest].mean((1, 2, 3)) + eps)
     else:
         blocky = torch.ones_like(contrast)
     return torch.stack(

@@ -152,46 +152,48 @@ def mean_train_bitops(model: QuantModel, train_set: list, batch_size: int = 512)
 
 
 @torch.no_grad()
+def score(model: QuantModel, x_all: torch.Tensor, y_all: torch.Tensor, batch_size: int, bits=None) -> dict:
+    """Accuracy, per-image correctness, mean bits, per-layer mean bits and BitOps / FP of images x_all (float in
+    [0, 1]) at the model's own choice, or at `bits` (candidate indices [L, 2]) for every image."""
+    correct, w_bits, a_bits = [], [], []
+    for start in range(0, len(x_all), batch_size):
+        x = x_all[start : start + batch_size]
+        if model.method == "fp":
+            logits = model(x)
+            w_bits.append(torch.full((len(x), 1), float(FP_BITS)))
+            a_bits.append(torch.full((len(x), 1), float(FP_BITS)))
+        else:
+            w, a = model.decide(x) if bits is None else (b.expand(len(x), -1) for b in bits.unbind(1))
+            logits = model(x, bits=(w, a))
+            w_bits.append(model.candidates[w].float())
+            a_bits.append(model.candidates[a].float())
+        correct.append(logits.argmax(1) == y_all[start : start + batch_size])
+    wb, ab = torch.cat(w_bits), torch.cat(a_bits)
+    ratio = 1.0 if model.method == "fp" else float(bitops(model.macs, wb, ab).mean() / (FP_BITS**2 * model.macs.sum()))
+    return dict(
+        n=len(x_all),
+        acc=float(torch.cat(correct).float().mean()),
+        correct=torch.cat(correct).numpy(),  # per image, for paired comparisons (correct.npz)
+        wbits=float(wb.mean()),
+        abits=float(ab.mean()),
+        bitops_ratio=ratio,
+        layer_wbits=wb.mean(0).tolist(),
+        layer_abits=ab.mean(0).tolist(),
+    )
+
+
+@torch.no_grad()
 def evaluate(
     model: QuantModel, s: Setup, seed: int, batch_size: int, bits: dict[str, torch.Tensor] | None = None
 ) -> list[dict]:
-    """One row per quality level: n, acc, mean weight / activation bits, per-layer mean bits, BitOps / FP. `bits`
-    (level name -> candidate indices [L, 2]) runs each level at a given configuration instead of the model's choice."""
+    """One row per quality level (`score`'s). `bits` (level name -> candidate indices [L, 2]) runs each level at a
+    given configuration instead of the model's choice."""
     model.eval()
     rows = []
     for level in s.levels:
-        x_all = dq.at_level(s.images.test_x, level, seed)
-        correct, w_bits, a_bits = [], [], []
-        for start in range(0, len(x_all), batch_size):
-            x = x_all[start : start + batch_size]
-            if model.method == "fp":
-                logits = model(x)
-                w_bits.append(torch.full((len(x), 1), float(FP_BITS)))
-                a_bits.append(torch.full((len(x), 1), float(FP_BITS)))
-            else:
-                w, a = model.decide(x) if bits is None else (b.expand(len(x), -1) for b in bits[level.name].unbind(1))
-                logits = model(x, bits=(w, a))
-                w_bits.append(model.candidates[w].float())
-                a_bits.append(model.candidates[a].float())
-            correct.append(logits.argmax(1) == s.images.test_y[start : start + batch_size])
-        wb, ab = torch.cat(w_bits), torch.cat(a_bits)
-        ratio = (
-            1.0 if model.method == "fp" else float(bitops(model.macs, wb, ab).mean() / (FP_BITS**2 * model.macs.sum()))
-        )
-        rows.append(
-            dict(
-                level=level.name,
-                corruption=level.corruption,
-                severity=level.severity,
-                n=len(x_all),
-                acc=float(torch.cat(correct).float().mean()),
-                wbits=float(wb.mean()),
-                abits=float(ab.mean()),
-                bitops_ratio=ratio,
-                layer_wbits=wb.mean(0).tolist(),
-                layer_abits=ab.mean(0).tolist(),
-            )
-        )
+        x = dq.at_level(s.images.test_x, level, seed)
+        row = score(model, x, s.images.test_y, batch_size, None if bits is None else bits[level.name])
+        rows.append(dict(level=level.name, corruption=level.corruption, severity=level.severity, **row))
     return rows
 
 

@@ -82,3 +82,11 @@ def test_train_then_eval_and_export(tmp_path):
     assert set(k.split("/")[0] for k in at_bits) == {"static"}
     for key in ("acc", "acc_clean", "acc_corrupted", "bitops_ratio", "wbits"):
         assert at_bits[f"static/{key}"] == pytest.approx(metrics[f"static/{key}"]), key
+
+    # The ONNX deployment of DQMQ (router + QDQ configurations), checked against PyTorch on the test images (this
+    # barely trained net's classes lie within rounding of each other: the 99.5% goal is tested in test_onnx.py)
+    onnx_dir = tmp_path / "exp_dqmq"
+    done = commands.export(compose("dqmq", *common, f"export.run_dir={run}", "export.method=dqmq"), onnx_dir)
+    assert done["export/onnx_agreement"] >= 0.8 and done["export/onnx_exact_config"] >= 0.9, done
+    manifest = json.loads((onnx_dir / "onnx" / "deploy.json").read_text())
+    assert manifest["router"] == "router.onnx" and len(manifest["configs"]) == done["export/onnx_configs"] > 1
