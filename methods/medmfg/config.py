@@ -70,7 +70,7 @@ class BackboneConfig:
 class GeneratorConfig:
     reduction: int = opt(4, "re-representation: the channel attention's hidden width = feature width / reduction", ge=1)
     latent: int = opt(32, "CVAE latent size", ge=1)
-    hidden: int = opt(256, "CVAE encoder and decoder hidden width", ge=1)
+    hidden: int = opt(128, "CVAE encoder and decoder hidden width (128: generation within 2x DC's time, README)", ge=1)
     kl_weight: float = opt(1.0, "weight of the KL term of the CVAE loss", ge=0)
     proto_weight: float = opt(
         1.0, "weight of the queries' cross-entropy against re-represented prototypes (trains the attention)", ge=0

@@ -67,7 +67,7 @@ class CVAE(nn.Module):
     variance is learned (with a fixed one the KL term tends to win on small features and every sample would be nearly
     the decoded mean)."""
 
-    def __init__(self, dim: int, latent: int = 32, hidden: int = 256):
+    def __init__(self, dim: int, latent: int = 32, hidden: int = 128):
         super().__init__()
         self.latent = latent
         self.encoder = nn.Sequential(nn.Linear(2 * dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 2 * latent))
@@ -79,8 +79,12 @@ class CVAE(nn.Module):
         return mu, log_var
 
     def decode(self, z: torch.Tensor, prototype: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """The decoder's mean."""
-        return prototype + self.decoder(torch.cat([z, cond], -1))
+        """The decoder's mean, prototype + MLP([z, c]); prototype and cond broadcast against z. The first layer is
+        applied to z and to c apart (the same product as on their concatenation), so a class's condition passes it
+        once for all of its M draws instead of once per draw."""
+        first, rest = self.decoder[0], self.decoder[1:]
+        w_z, w_c = first.weight.split([self.latent, first.in_features - self.latent], 1)
+        return prototype + rest(z @ w_z.T + (cond @ w_c.T + first.bias))
 
     def sample(
         self,
@@ -98,7 +102,7 @@ class CVAE(nn.Module):
         noise = torch.randn(shape, generator=generator, dtype=cond.dtype)
         draws = prototypes.unsqueeze(-2).expand(shape)
         if parts.latent:
-            draws = self.decode(z, draws, cond.unsqueeze(-2).expand(shape))
+            draws = self.decode(z, prototypes.unsqueeze(-2), cond.unsqueeze(-2))
         if parts.noise:
             draws = draws + noise * (0.5 * self.log_var).exp()
         if parts.centre:
@@ -120,7 +124,7 @@ class Parts:
 class MedMFG(nn.Module):
     """Re-representation and generator, trained together on source episodes."""
 
-    def __init__(self, dim: int, reduction: int = 4, latent: int = 32, hidden: int = 256, relative: bool = True):
+    def __init__(self, dim: int, reduction: int = 4, latent: int = 32, hidden: int = 128, relative: bool = True):
         super().__init__()
         self.attention = ReRepresentation(dim, reduction)
         self.cvae = CVAE(dim, latent, hidden)
