@@ -22,7 +22,7 @@ from common.loggers import Logger
 from common.registry import register
 from common.stages import run_stage, stage_path
 from methods.medmfg.config import MedMFGConfig
-from methods.medmfg.data import OFFLINE, Domain, load_domain
+from methods.medmfg.data import OFFLINE, OFFLINE_VERSION, Domain, load_domain
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -145,8 +145,8 @@ def _split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _domain_key(spec: str, domain: Domain) -> object:
-    """What identifies a domain's images: the offline cut's name, or the folder's file listing."""
-    return spec if spec == OFFLINE else [spec, domain.classes, domain.ids]
+    """What identifies a domain's images: the offline cut's version, or the dataset's file listing."""
+    return [spec, OFFLINE_VERSION] if spec == OFFLINE else [spec, domain.classes, domain.ids]
 
 
 def backbone_path(cfg: MedMFGConfig, source: Domain) -> Path:
@@ -241,7 +241,10 @@ def cached_features(cfg: MedMFGConfig, logger: Logger | None = None, train: bool
     error instead of a pretraining run."""
     from safetensors.torch import load_file, save_file
 
-    source, target = load_domain(cfg.data.source, "source"), load_domain(cfg.data.target, "target")
+    source, target = (
+        load_domain(cfg.data.source, "source", cfg.data.source_layout),
+        load_domain(cfg.data.target, "target", cfg.data.target_layout),
+    )
     if not train and not backbone_path(cfg, source).exists():
         raise UserError(f"no backbone trained with these settings ({backbone_path(cfg, source)}); run `train` first")
     backbone_dir = pretrained_backbone(cfg, source, logger)
@@ -270,4 +273,6 @@ def cached_features(cfg: MedMFGConfig, logger: Logger | None = None, train: bool
 
 def source_accuracy(cfg: MedMFGConfig) -> dict[str, float]:
     """The held-out source accuracy recorded with the trained backbone."""
-    return read_meta(backbone_path(cfg, load_domain(cfg.data.source, "source"))).get("metrics", {})
+    return read_meta(backbone_path(cfg, load_domain(cfg.data.source, "source", cfg.data.source_layout))).get(
+        "metrics", {}
+    )

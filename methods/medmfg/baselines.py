@@ -14,8 +14,7 @@ the queries' predicted labels [E, n]. The baselines:
 MedMFG alone ("medmfg", methods/medmfg/generator.py: a classifier on the re-represented prototypes and the generated
 features) and plugged into three baselines ("fusion"), reported both ways:
 
-* protonet+medmfg: class means of the re-represented support and generated features (with centred generation the
-  generated features leave the means where they are, so only the re-representation acts);
+* protonet+medmfg: class means of the re-represented support and generated features, nearest of them;
 * logreg+medmfg: logistic regression on the re-represented support and generated features (in 1-shot the same as
   medmfg, in K-shot it keeps every support feature instead of their mean);
 * dc+medmfg: logistic regression on the support, DC's calibrated samples and MedMFG's generated features, all
@@ -35,7 +34,7 @@ from common.registry import get, register
 from methods.medmfg.classifier import fit_predict, nearest_prototype
 from methods.medmfg.config import MedMFGConfig
 from methods.medmfg.episodes import Episode, mean_ci
-from methods.medmfg.generator import MedMFG, medmfg_predict, tukey
+from methods.medmfg.generator import MedMFG, Parts, medmfg_predict, tukey
 
 
 @dataclass
@@ -54,6 +53,9 @@ class Context:
     iters: int = 100
     generator: torch.Generator = field(default_factory=torch.Generator)  # reseeded for every chunk of episodes
     _factors: dict = field(default_factory=dict)  # Cholesky factors of calibrated covariances, by base-class set
+
+
+Method = Callable[[torch.Tensor, torch.Tensor, "Context"], torch.Tensor]
 
 
 def base_statistics(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,10 +135,22 @@ def dc(support: torch.Tensor, query: torch.Tensor, ctx: Context) -> torch.Tensor
     return fit_predict(x, y, tukey(query, ctx.beta), n, ctx.c, ctx.iters)
 
 
-@register("medmfg.method", "medmfg")
-def medmfg(support: torch.Tensor, query: torch.Tensor, ctx: Context) -> torch.Tensor:
-    s, q = tukey(support, ctx.beta), tukey(query, ctx.beta)
-    return medmfg_predict(ctx.model, s, q, ctx.samples, ctx.generator, ctx.c, ctx.iters)
+def _medmfg(parts: Parts, samples: bool = True) -> Method:
+    def method(support: torch.Tensor, query: torch.Tensor, ctx: Context) -> torch.Tensor:
+        s, q = tukey(support, ctx.beta), tukey(query, ctx.beta)
+        return medmfg_predict(ctx.model, s, q, ctx.samples if samples else 0, ctx.generator, ctx.c, ctx.iters, parts)
+
+    return method
+
+
+medmfg = register("medmfg.method", "medmfg")(_medmfg(Parts()))
+# The ablation, on the same episodes: no generated features (the re-represented prototypes alone), the decoder's
+# noise alone (no offset from z), its offset alone (no noise), no re-weighting, and the draws centred on the prototype.
+register("medmfg.method", "medmfg:prototypes")(_medmfg(Parts(), samples=False))
+register("medmfg.method", "medmfg:noise")(_medmfg(Parts(latent=False)))
+register("medmfg.method", "medmfg:latent")(_medmfg(Parts(noise=False)))
+register("medmfg.method", "medmfg:uniform")(_medmfg(Parts(reweight=False)))
+register("medmfg.method", "medmfg:centred")(_medmfg(Parts(centre=True)))
 
 
 @register("medmfg.method", "protonet+medmfg")
@@ -174,7 +188,6 @@ def dc_medmfg(support: torch.Tensor, query: torch.Tensor, ctx: Context) -> torch
 # ---------------------------------------------------------------------------------------------------------------------
 # Running episodes
 
-Method = Callable[[torch.Tensor, torch.Tensor, Context], torch.Tensor]
 CHUNK = 50  # episodes solved together: amortises the solver's per-call cost, bounds memory (DC: 50 x 3,755 x d)
 
 

@@ -33,7 +33,9 @@ def _threads(cfg: MedMFGConfig) -> None:
 def pretrain(cfg: MedMFGConfig, run_dir: Path) -> dict[str, float]:
     _threads(cfg)
     logger = make_logger(cfg.logger, run_dir)
-    pretrained_backbone(cfg, load_domain(cfg.data.source, "source"), Prefixed(logger, "pretrain"))
+    pretrained_backbone(
+        cfg, load_domain(cfg.data.source, "source", cfg.data.source_layout), Prefixed(logger, "pretrain")
+    )
     logger.finish()
     return {f"pretrain/{k}": v for k, v in source_accuracy(cfg).items()}
 
@@ -50,7 +52,7 @@ def generator_stage(cfg: MedMFGConfig, features: Features, logger: Logger | None
         source = tukey(features.source, cfg.tukey_beta)
         model = train_generator(source, features.source_labels.numpy(), g, cfg.seed, work, logger)
         kwargs = {"dim": source.shape[1], "reduction": g.reduction, "latent": g.latent, "hidden": g.hidden}
-        kwargs["centre"] = g.centre
+        kwargs["relative"] = g.relative
         save_module(model, tmp, "medmfg.generator", "medmfg", kwargs)
         shutil.rmtree(work, ignore_errors=True)
 

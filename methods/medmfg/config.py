@@ -13,27 +13,37 @@ from typing import List, Optional
 from common.config import PATH, BaseConfig, TrainerConfig, opt, section
 from common.errors import UserError
 from common.registry import declare
+from methods.medmfg.bscd import LAYOUTS
 from methods.medmfg.data import OFFLINE, check_counts, class_counts
 
 # The methods compared (methods/medmfg/baselines.py registers each), all by default.
 METHODS = ["protonet", "logreg", "tukey", "dc", "medmfg", "protonet+medmfg", "logreg+medmfg", "dc+medmfg"]
-METHOD_KIND = declare("medmfg.method", METHODS, module="methods.medmfg.baselines")
+# MedMFG with one part switched off (the ablation; bench/medmfg_episodes.py, baselines.py).
+ABLATIONS = ["medmfg:prototypes", "medmfg:noise", "medmfg:latent", "medmfg:uniform", "medmfg:centred"]
+METHOD_KIND = declare("medmfg.method", METHODS + ABLATIONS, module="methods.medmfg.baselines")
 
 
 @dataclass
 class DataConfig:
     source: str = opt(
         OFFLINE,
-        "source domain: offline (scikit-learn's digits + photo regions) or an ImageFolder root <root>/<class>/<image>",
+        "source domain: offline (scikit-learn's digits + photo regions) or a dataset on disk (see source_layout)",
         choices=(OFFLINE,),
         exists=PATH,
     )
     target: str = opt(
         OFFLINE,
-        "target domain: offline (patches of scikit-image's medical images) or an ImageFolder root",
+        "target domain: offline (crops of scikit-image's medical images) or a dataset on disk (see target_layout)",
         choices=(OFFLINE,),
         exists=PATH,
     )
+    source_layout: str = opt(
+        "auto",
+        "how data.source is laid out: folder (<root>/<class>/<image>), isic2018, chestx, split_csv (miniImageNet's "
+        "<split>.csv beside images/), or auto (recognised from what the path holds)",
+        choices=LAYOUTS,
+    )
+    target_layout: str = opt("auto", "how data.target is laid out (as source_layout)", choices=LAYOUTS)
     image_size: int = opt(224, "side images are resized to (BSCD-FSL: 224)", ge=8)
     num_workers: int = opt(2, "DataLoader workers reading images while extracting features", ge=0, key=False)
 
@@ -60,7 +70,7 @@ class BackboneConfig:
 class GeneratorConfig:
     reduction: int = opt(4, "re-representation: the channel attention's hidden width = feature width / reduction", ge=1)
     latent: int = opt(32, "CVAE latent size", ge=1)
-    hidden: int = opt(256, "CVAE encoder and decoder hidden width", ge=1)
+    hidden: int = opt(128, "CVAE encoder and decoder hidden width (128: generation within 2x DC's time, README)", ge=1)
     kl_weight: float = opt(1.0, "weight of the KL term of the CVAE loss", ge=0)
     proto_weight: float = opt(
         1.0, "weight of the queries' cross-entropy against re-represented prototypes (trains the attention)", ge=0
@@ -69,7 +79,9 @@ class GeneratorConfig:
         1.0, "weight of the cross-entropy asking generated features to be nearest their own prototype", ge=0
     )
     samples: int = opt(100, "M: features generated per novel class", ge=1)
-    centre: bool = opt(True, "shift each class's M generated features so that their mean is its prototype (README)")
+    relative: bool = opt(
+        True, "condition the CVAE on prototypes relative to their episode's mean, not on where they lie (README)"
+    )
     ways: int = opt(5, "classes of a source training episode", ge=2)
     max_shot: int = opt(5, "shots of a source training episode, drawn from 1..max_shot", ge=1)
     queries: int = opt(15, "queries per class of a source training episode (the CVAE's reconstruction targets)", ge=1)
@@ -146,13 +158,13 @@ class MedMFGConfig(BaseConfig):
         if self.backbone.name != "conv4" and not _is_timm(self.backbone.name):
             raise UserError(f"config: backbone.name='{self.backbone.name}': neither conv4 nor a timm model name")
         if _present(self.data.source):
-            source, counts = class_counts(self.data.source, "source")
+            source, counts = class_counts(self.data.source, "source", self.data.source_layout)
             g = self.generator
             check_counts(source, counts, g.ways, g.max_shot + g.queries, "generator.ways/max_shot/queries")
             if self.dc.k > len(counts):
                 raise UserError(f"config: dc.k={self.dc.k}: {source} has {len(counts)} classes")
         if _present(self.data.target):
-            target, counts = class_counts(self.data.target, "target")
+            target, counts = class_counts(self.data.target, "target", self.data.target_layout)
             e, t = self.eval, self.tsne
             if not e.shots:
                 raise UserError("config: eval.shots is empty (give at least one K, e.g. [1,5])")

@@ -1,18 +1,22 @@
 """The two domains of a cross-domain few-shot run: a source the backbone and the generator learn from, and a target
 whose classes are only ever seen a few images at a time.
 
-Each is `offline` (built from images that installed packages ship, so the embedded default needs no download) or an
-ImageFolder root, `<root>/<class>/<image>`, as BSCD-FSL's ISIC, ChestX, EuroSAT and CropDisease and BreakHis are laid
-out once unpacked (data/README.md of the repo lists where they come from).
+Each is `offline` (built from images that installed packages ship, so the embedded default needs no download) or a
+dataset on disk as it is published (`bscd.py`: class folders, ISIC 2018's and ChestX-ray8's CSV files, miniImageNet's
+split files).
+
+The offline pair is built so that few-shot is hard and the domains differ, with a fixed seed (`DATA_SEED`: it is a
+data set, not a run's draw). Every image of both goes through one draw of the same `nuisance` family (orientation,
+stain colour, brightness, contrast, focus), as acquisitions vary in any domain, so one image says little about its
+class.
 
 * offline source (natural images): scikit-learn's 1,797 handwritten digits (10 classes) and the 3 x 4 regions of its
   two photos (china.jpg, flower.jpg) that are not flat (pixel std >= 20; the two of clear sky are left out): 22
   classes of 63 overlapping 32-px patches (roofs, trees, lake, petals, leaves, ...).
-* offline target (medical images), scikit-image's bundled images cut into non-overlapping patches, 6 classes:
-  fundus patches with many and with few vessels (retina(), at half resolution, inside the field of view, the top and
-  bottom thirds by black top-hat response of the green channel), immunohistochemistry patches rich and poor in DAB
-  stain (top and bottom thirds by the DAB channel of a colour deconvolution), the textured half of cell() and the 36
-  16-px patches of microaneurysms().
+* offline target (medical images): 28 classes of 60 random 32-px crops, each class one region of one of
+  scikit-image's medical images: 9 regions of a 5 x 5 grid over the fundus photo retina() at half resolution (those
+  inside the field of view), 16 of a 4 x 4 grid over the immunohistochemistry slide, and 3 of a 4 x 3 grid over
+  cell() (the textured ones). Neighbouring regions of one image look alike: the classes are fine-grained.
 
 Images are read only when needed (`Domain.image(i)`), so a folder of 10,000 dermoscopy images costs a file listing
 until features are extracted.
@@ -29,6 +33,10 @@ import numpy as np
 from common.errors import UserError
 
 OFFLINE = "offline"
+# Raised whenever the offline domains' images change, so that stages made from the old ones are not reused.
+OFFLINE_VERSION = 2
+DATA_SEED = 2310  # the offline domains are fixed data sets: their crops and nuisance draws do not follow the run seed
+TARGET_PER_CLASS = 60  # crops per offline target class
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 # Images per class of the offline domains, written out so that a config is checked without building them (scikit-learn
 # and scikit-image are slow to import); tests/medmfg/test_data.py checks them against the domains built.
@@ -39,12 +47,9 @@ OFFLINE_COUNTS = {
         **{f"flower_r{r}c{c}": 63 for r in range(3) for c in range(4)},
     },
     "target": {
-        "retina_vessels": 110,
-        "retina_background": 110,
-        "ihc_dab": 85,
-        "ihc_hematoxylin": 85,
-        "cell": 170,
-        "microaneurysms": 36,
+        **{f"retina_r{r}c{c}": TARGET_PER_CLASS for r in (1, 2, 3) for c in (1, 2, 3)},
+        **{f"ihc_r{r}c{c}": TARGET_PER_CLASS for r in range(4) for c in range(4)},
+        **{f"cell_r{r}c{c}": TARGET_PER_CLASS for r, c in ((1, 2), (2, 1), (2, 2))},
     },
 }
 
@@ -74,19 +79,21 @@ class Domain:
         return {c: int(n) for c, n in zip(self.classes, found, strict=True)}
 
 
-def load_domain(spec: str, role: str) -> Domain:
-    """`offline` or an ImageFolder root; role is "source" or "target" (which offline domain)."""
+def load_domain(spec: str, role: str, layout: str = "auto") -> Domain:
+    """`offline` or a dataset on disk in one of `bscd.LAYOUTS`; role is "source" or "target" (which offline domain)."""
     if spec == OFFLINE:
         return offline_source() if role == "source" else offline_target()
-    return image_folder(spec)
+    from methods.medmfg import bscd  # it builds on this module's Domain
+
+    return bscd.read(spec, layout)
 
 
-def class_counts(spec: str, role: str) -> tuple[str, dict[str, int]]:
+def class_counts(spec: str, role: str, layout: str = "auto") -> tuple[str, dict[str, int]]:
     """(the domain's name, images per class), read off the file listing (or OFFLINE_COUNTS): cheap enough to check a
     config with."""
     if spec == OFFLINE:
         return f"offline {role}", dict(OFFLINE_COUNTS[role])
-    domain = image_folder(spec)
+    domain = load_domain(spec, role, layout)
     return domain.name, domain.counts()
 
 
@@ -157,55 +164,69 @@ def _from_classes(name: str, per_class: dict[str, list[np.ndarray]]) -> Domain:
     return Domain(name, classes, np.asarray(labels, dtype=np.int64), ids, arrays)
 
 
+def nuisance(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One draw of what varies between acquisitions and carries no class: orientation (a multiple of 90 degrees, a
+    flip), stain or illumination colour (a gain per channel), brightness, contrast and focus (a Gaussian blur). The
+    same family is applied to source and target images, as scanners and stains vary in either domain."""
+    from scipy.ndimage import gaussian_filter
+
+    x = np.rot90(image, int(rng.integers(4))).astype(np.float64)
+    if rng.random() < 0.5:
+        x = x[:, ::-1]
+    sigma = rng.uniform(0, 1.5) if rng.random() < 0.5 else 0.0
+    if sigma > 0:
+        x = gaussian_filter(x, (sigma, sigma, 0))
+    mean = x.mean()
+    x = (x - mean) * rng.uniform(0.6, 1.4) + mean + rng.uniform(-30, 30)
+    x = x * rng.uniform(0.75, 1.25, size=3)
+    return np.clip(x, 0, 255).round().astype(np.uint8)
+
+
+def _regions(image: np.ndarray, rows: int, cols: int) -> list[tuple[int, int, np.ndarray]]:
+    h, w = image.shape[0] // rows, image.shape[1] // cols
+    return [(r, c, image[r * h : (r + 1) * h, c * w : (c + 1) * w]) for r in range(rows) for c in range(cols)]
+
+
+def _crops(region: np.ndarray, n: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """n crops of `size` px at random places of a region, each under its own nuisance draw."""
+    ys = rng.integers(0, region.shape[0] - size + 1, n)
+    xs = rng.integers(0, region.shape[1] - size + 1, n)
+    return [nuisance(region[y : y + size, x : x + size], rng) for y, x in zip(ys, xs, strict=True)]
+
+
 @functools.lru_cache(maxsize=1)
 def offline_source() -> Domain:
     from sklearn.datasets import load_digits, load_sample_images
 
+    rng = np.random.default_rng(DATA_SEED)
     digits = load_digits()
     per_class: dict[str, list[np.ndarray]] = {}
     for d in range(10):
         images = digits.images[digits.target == d]
-        per_class[f"digit_{d}"] = [_rgb((im * 255 / 16).round().astype(np.uint8)) for im in images]
+        per_class[f"digit_{d}"] = [nuisance(_rgb((im * 255 / 16).round().astype(np.uint8)), rng) for im in images]
     photos = load_sample_images()
     for photo, file in zip(photos.images, photos.filenames, strict=True):
         stem = Path(file).stem
-        h, w = photo.shape[0] // 3, photo.shape[1] // 4
-        for r in range(3):
-            for c in range(4):
-                region = photo[r * h : (r + 1) * h, c * w : (c + 1) * w]
-                if region.std() >= 20:
-                    per_class[f"{stem}_r{r}c{c}"] = _grid(region, 32, 16)[0]
+        for r, c, region in _regions(photo, 3, 4):
+            if region.std() >= 20:
+                per_class[f"{stem}_r{r}c{c}"] = [nuisance(p, rng) for p in _grid(region, 32, 16)[0]]
     return _from_classes("offline source", per_class)
 
 
 @functools.lru_cache(maxsize=1)
 def offline_target() -> Domain:
     import skimage.data
-    from skimage.color import rgb2hed
-    from skimage.morphology import black_tophat, disk
     from skimage.transform import downscale_local_mean
 
+    rng = np.random.default_rng(DATA_SEED + 1)
     per_class: dict[str, list[np.ndarray]] = {}
-
     retina = downscale_local_mean(skimage.data.retina(), (2, 2, 1)).round().astype(np.uint8)
-    green = retina[..., 1]
-    vessels = black_tophat(green, disk(5)).astype(np.float64)
-    patches, corners = _grid(retina, 32, 32)
-    # Inside the field of view: no black border pixels in the patch.
-    inside = [i for i, p in enumerate(patches) if p.max(axis=2).min() > 20]
-    scores = np.array([vessels[y : y + 32, x : x + 32].mean() for y, x in (corners[i] for i in inside)])
-    per_class.update(_split_by_score([patches[i] for i in inside], scores, "retina_vessels", "retina_background"))
-
-    ihc = skimage.data.immunohistochemistry()
-    dab = rgb2hed(ihc)[..., 2]
-    patches, corners = _grid(ihc, 32, 32)
-    scores = np.array([dab[y : y + 32, x : x + 32].mean() for y, x in corners])
-    per_class.update(_split_by_score(patches, scores, "ihc_dab", "ihc_hematoxylin"))
-
-    cell = skimage.data.cell()
-    patches, _ = _grid(cell, 32, 32)
-    texture = np.array([p.std() for p in patches])
-    per_class["cell"] = [_rgb(p) for p, s in zip(patches, texture, strict=True) if s >= np.median(texture)]
-
-    per_class["microaneurysms"] = [_rgb(p) for p in _grid(skimage.data.microaneurysms(), 16, 16)[0]]
+    for r, c, region in _regions(retina, 5, 5):
+        if (region.max(axis=2) > 20).mean() >= 0.98:  # inside the field of view
+            per_class[f"retina_r{r}c{c}"] = _crops(region, TARGET_PER_CLASS, 32, rng)
+    for r, c, region in _regions(skimage.data.immunohistochemistry(), 4, 4):
+        per_class[f"ihc_r{r}c{c}"] = _crops(region, TARGET_PER_CLASS, 32, rng)
+    for r, c, region in _regions(_rgb(skimage.data.cell()), 4, 3):
+        if region.std() >= 8:  # not the flat background
+            per_class[f"cell_r{r}c{c}"] = _crops(region, TARGET_PER_CLASS, 32, rng)
     return _from_classes("offline target", per_class)

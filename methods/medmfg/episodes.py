@@ -35,3 +35,9 @@ def mean_ci(accuracies: np.ndarray | list[float]) -> tuple[float, float]:
     """(mean, half-width of the 95% confidence interval) of per-episode accuracies."""
     a = np.asarray(accuracies, dtype=np.float64)
     return float(a.mean()), float(1.96 * a.std() / np.sqrt(len(a)))
+
+
+def paired_ci(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(mean, half-width of the 95% interval) of the per-episode difference a - b of two methods on the same
+    episodes: the interval that decides whether one beats the other (theirs overlap even when a wins every episode)."""
+    return mean_ci(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))

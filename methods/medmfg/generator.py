@@ -6,8 +6,10 @@ With K labelled images per class a classifier overfits. MedMFG
    attention (squeeze-and-excitation over the episode's prototypes) gives one weight per dimension, applied to
    prototypes, generated features and queries alike;
 2. generates many features per class variationally: a conditional VAE, trained on source-domain episodes, decodes
-   latent codes z ~ N(0, I) together with a re-represented prototype into M features of that prototype's class,
-   spread around it (a class's draws are centred on its prototype);
+   latent codes z ~ N(0, I) together with a re-represented prototype into M features of that prototype's class.
+   The decoder's mean is the prototype plus an offset decoded from (z, condition), so the draws both spread the way
+   classes spread and move toward where, given its prototype, a class tends to lie (class-specific information the
+   prototype alone does not carry; centring the draws on the prototype would remove it: `Parts.centre`, an ablation);
 3. trains the classifier (logistic regression) on the prototypes together with the generated features.
 
 Everything happens on cached backbone features after Free Lunch's power transform (`tukey`), which makes the
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +44,8 @@ def tukey(x: torch.Tensor, beta: float) -> torch.Tensor:
 
 class ReRepresentation(nn.Module):
     """Channel attention over an episode's prototypes: per-dimension weights from the prototypes' mean (how strongly
-    a dimension fires) and spread (how much it tells the classes apart), normalised to mean 1 so that they reshape
-    the feature space without shrinking it."""
+    a dimension fires) and spread (how much it tells the classes apart, or how noisy it is), normalised to mean 1 so
+    that they reshape the feature space without shrinking it."""
 
     def __init__(self, dim: int, reduction: int = 4):
         super().__init__()
@@ -52,8 +55,9 @@ class ReRepresentation(nn.Module):
     def forward(self, prototypes: torch.Tensor) -> torch.Tensor:
         """[..., N, d] prototypes -> [..., d] weights."""
         stats = torch.cat([prototypes.mean(-2), prototypes.std(-2, unbiased=False)], -1)
-        w = torch.sigmoid(self.net(stats))
-        return w / w.mean(-1, keepdim=True)
+        # A softmax scaled by d: weights with mean 1, whose logarithms the network sets freely (a sigmoid saturates,
+        # and its weights barely left uniform within the few hundred steps the generator trains for).
+        return stats.shape[-1] // 2 * torch.softmax(self.net(stats), -1)
 
 
 class CVAE(nn.Module):
@@ -63,7 +67,7 @@ class CVAE(nn.Module):
     variance is learned (with a fixed one the KL term tends to win on small features and every sample would be nearly
     the decoded mean)."""
 
-    def __init__(self, dim: int, latent: int = 32, hidden: int = 256):
+    def __init__(self, dim: int, latent: int = 32, hidden: int = 128):
         super().__init__()
         self.latent = latent
         self.encoder = nn.Sequential(nn.Linear(2 * dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 2 * latent))
@@ -75,8 +79,12 @@ class CVAE(nn.Module):
         return mu, log_var
 
     def decode(self, z: torch.Tensor, prototype: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """The decoder's mean."""
-        return prototype + self.decoder(torch.cat([z, cond], -1))
+        """The decoder's mean, prototype + MLP([z, c]); prototype and cond broadcast against z. The first layer is
+        applied to z and to c apart (the same product as on their concatenation), so a class's condition passes it
+        once for all of its M draws instead of once per draw."""
+        first, rest = self.decoder[0], self.decoder[1:]
+        w_z, w_c = first.weight.split([self.latent, first.in_features - self.latent], 1)
+        return prototype + rest(z @ w_z.T + (cond @ w_c.T + first.bias))
 
     def sample(
         self,
@@ -84,38 +92,64 @@ class CVAE(nn.Module):
         cond: torch.Tensor,
         m: int,
         generator: torch.Generator | None = None,
-        centre: bool = True,
+        parts: Parts | None = None,
     ) -> torch.Tensor:
-        """[..., N, d] prototypes and conditions -> [..., N, m, d] features drawn from p(x | z, c), z ~ N(0, I).
-        centre: shift each class's m draws so that their mean is its prototype (README: the decoder's average offset,
-        learned on source classes, pulls new classes toward them)."""
+        """[..., N, d] prototypes and conditions -> [..., N, m, d] features drawn from p(x | z, c), z ~ N(0, I): the
+        decoded mean (prototype + offset(z, c); `parts.latent`) plus the decoder's Gaussian noise (`parts.noise`)."""
+        parts = parts or Parts()
         shape = (*cond.shape[:-1], m, cond.shape[-1])
         z = torch.randn(*shape[:-1], self.latent, generator=generator, dtype=cond.dtype)
         noise = torch.randn(shape, generator=generator, dtype=cond.dtype)
-        draws = self.decode(z, prototypes.unsqueeze(-2).expand(shape), cond.unsqueeze(-2).expand(shape))
-        draws = draws + noise * (0.5 * self.log_var).exp()
-        if centre:
+        draws = prototypes.unsqueeze(-2).expand(shape)
+        if parts.latent:
+            draws = self.decode(z, prototypes.unsqueeze(-2), cond.unsqueeze(-2))
+        if parts.noise:
+            draws = draws + noise * (0.5 * self.log_var).exp()
+        if parts.centre:
             draws = draws - draws.mean(-2, keepdim=True) + prototypes.unsqueeze(-2)
         return draws
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Which parts of MedMFG act when it generates (all by default; the ablation switches them off one by one)."""
+
+    latent: bool = True  # the decoder's offset from (z, c): the class-specific part
+    noise: bool = True  # the decoder's learned per-dimension Gaussian noise
+    reweight: bool = True  # the re-representation's weights (off: every weight is 1)
+    centre: bool = False  # shift a class's draws so that their mean is its prototype (removes the learned offset)
 
 
 @register("medmfg.generator", "medmfg")
 class MedMFG(nn.Module):
     """Re-representation and generator, trained together on source episodes."""
 
-    def __init__(self, dim: int, reduction: int = 4, latent: int = 32, hidden: int = 256, centre: bool = True):
+    def __init__(self, dim: int, reduction: int = 4, latent: int = 32, hidden: int = 128, relative: bool = True):
         super().__init__()
         self.attention = ReRepresentation(dim, reduction)
         self.cvae = CVAE(dim, latent, hidden)
-        self.centre = centre
+        self.relative = relative
+
+    def condition(self, prototypes: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """The CVAE's condition: the re-represented prototypes, relative to their episode's mean when `relative` (an
+        episode's classes are placed against each other, so a new domain's overall offset does not reach the
+        decoder)."""
+        if self.relative:
+            prototypes = prototypes - prototypes.mean(-2, keepdim=True)
+        return w.unsqueeze(-2) * prototypes
+
+    def weights(self, prototypes: torch.Tensor, parts: Parts | None = None) -> torch.Tensor:
+        if parts is not None and not parts.reweight:
+            return torch.ones_like(prototypes[..., 0, :])
+        return self.attention(prototypes)
 
     def generate(
-        self, prototypes: torch.Tensor, m: int, generator: torch.Generator | None = None
+        self, prototypes: torch.Tensor, m: int, generator: torch.Generator | None = None, parts: Parts | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(weights [..., d], generated features [..., N, m, d]) for episodes' [..., N, d] prototypes; the features are
         in the transformed (not yet re-weighted) space, like the prototypes."""
-        w = self.attention(prototypes)
-        return w, self.cvae.sample(prototypes, w.unsqueeze(-2) * prototypes, m, generator, self.centre)
+        w = self.weights(prototypes, parts)
+        return w, self.cvae.sample(prototypes, self.condition(prototypes, w), m, generator, parts)
 
 
 def medmfg_predict(
@@ -126,13 +160,14 @@ def medmfg_predict(
     generator: torch.Generator | None = None,
     c: float = 1.0,
     iters: int = 100,
+    parts: Parts | None = None,
 ) -> torch.Tensor:
     """MedMFG on episodes of transformed features, support [E, N, K, d] and query [E, n, d] -> labels [E, n]: a
     logistic regression on the re-represented prototypes and M generated features per class, applied to the
     re-represented queries."""
     e, n_classes = support.shape[:2]
     prototypes = support.mean(2)
-    w, fake = model.generate(prototypes, m, generator)
+    w, fake = model.generate(prototypes, m, generator, parts)
     w = w.unsqueeze(1)
     x = torch.cat([prototypes, fake.flatten(1, 2)], 1) * w
     y = torch.cat([torch.arange(n_classes), torch.arange(n_classes).repeat_interleave(m)]).expand(e, -1)
@@ -185,15 +220,16 @@ def episode_losses(model: MedMFG, prototypes: torch.Tensor, query: torch.Tensor)
     def logits(x: torch.Tensor) -> torch.Tensor:  # [B, N, Q, d] -> [B * N * Q, N]
         return -torch.cdist(x.flatten(1, 2) * w, prototypes * w).pow(2).flatten(0, 1)
 
-    cond = w * prototypes
+    cond = model.condition(prototypes, w.squeeze(1))
     expand = (b, n, q, d)
-    mu, log_var = model.cvae.encode(query, cond.unsqueeze(2).expand(expand))
+    target = query - prototypes.mean(1, keepdim=True).unsqueeze(2) if model.relative else query
+    mu, log_var = model.cvae.encode(target, cond.unsqueeze(2).expand(expand))
     z = mu + torch.randn_like(mu) * (0.5 * log_var).exp()
     mean = model.cvae.decode(z, prototypes.unsqueeze(2).expand(expand), cond.unsqueeze(2).expand(expand))
     var_log = model.cvae.log_var
     recon = 0.5 * ((query - mean).pow(2) / var_log.exp() + var_log + math.log(2 * math.pi)).sum(-1).mean()
     kl = -0.5 * (1 + log_var - mu.pow(2) - log_var.exp()).sum(-1).mean()
-    fake = model.cvae.sample(prototypes, cond, q, centre=model.centre)
+    fake = model.cvae.sample(prototypes, cond, q)
     return {
         "proto": F.cross_entropy(logits(query), labels),
         "recon": recon,
@@ -239,7 +275,7 @@ def _train_generator(
 ) -> MedMFG:
     from common.trainer import Task, fit
 
-    model = MedMFG(features.shape[1], cfg.reduction, cfg.latent, cfg.hidden, cfg.centre)
+    model = MedMFG(features.shape[1], cfg.reduction, cfg.latent, cfg.hidden, cfg.relative)
     # Adam moves a parameter by about lr per step: from 0 the decoder's log-variance would need thousands of steps to
     # reach the features' scale, so it starts at the source's per-dimension within-class variance.
     model.cvae.log_var.data = within_class_variance(features, torch.as_tensor(labels)).log()

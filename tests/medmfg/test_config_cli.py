@@ -93,6 +93,6 @@ def test_train_then_eval_and_tsne(tmp_path):
 
 
 def test_cli_bad_input_is_exit_2(tmp_path):
-    out = run_cli("eval", "eval.ways=9", f"hydra.run.dir={tmp_path}")
+    out = run_cli("eval", "eval.ways=29", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines()[-1].startswith("error: config: eval.shots=5 + eval.queries: 9-way")
+    assert out.stderr.strip().splitlines()[-1].startswith("error: config: eval.shots=5 + eval.queries: 29-way")

@@ -11,7 +11,7 @@ from PIL import Image
 
 from common.config import compose
 from common.errors import UserError
-from methods.medmfg.data import OFFLINE_COUNTS, offline_source, offline_target
+from methods.medmfg.data import OFFLINE_COUNTS, nuisance, offline_source, offline_target
 
 SMALL = [  # episodes small enough for a 2-class folder of 3 images per class
     "eval.ways=2",
@@ -37,20 +37,23 @@ def image_folder(root, counts: dict[str, int], size: int = 20):
 def test_offline_domains():
     source, target = offline_source(), offline_target()
     assert len(source.classes) == 32 and min(source.counts().values()) >= 63
-    assert target.classes == [
-        "retina_vessels",
-        "retina_background",
-        "ihc_dab",
-        "ihc_hematoxylin",
-        "cell",
-        "microaneurysms",
-    ]
-    assert min(target.counts().values()) >= 5 + 15  # every class serves 5-shot episodes with 15 queries
+    assert len(target.classes) == 28 and set(target.counts().values()) == {60}
+    assert [c.split("_")[0] for c in target.classes] == ["retina"] * 9 + ["ihc"] * 16 + ["cell"] * 3
     image = target.image(0)
-    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    assert image.dtype == np.uint8 and image.shape == (32, 32, 3)
     # The counts a config is checked with (no domain built) are the built domains', class order included.
     for counts, domain in ((OFFLINE_COUNTS["source"], source), (OFFLINE_COUNTS["target"], target)):
         assert list(counts.items()) == list(domain.counts().items())
+    # The nuisance makes one image a poor picture of its class: a class's crops differ in colour and brightness.
+    crops = np.stack(target.arrays[:60]).reshape(60, -1, 3).mean(1)
+    assert crops.std(0).min() > 8
+
+
+def test_nuisance_keeps_shape_and_type_and_follows_its_draw():
+    image = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    a, b = nuisance(image, np.random.default_rng(1)), nuisance(image, np.random.default_rng(1))
+    assert a.shape == image.shape and a.dtype == np.uint8 and (a == b).all()
+    assert not (a == nuisance(image, np.random.default_rng(2))).all()
 
 
 def test_missing_and_empty_folders(tmp_path):
@@ -71,11 +74,11 @@ def test_a_class_with_too_few_images_is_named_with_its_count(tmp_path):
 
 
 def test_more_ways_than_classes_is_a_config_error(tmp_path):
-    with pytest.raises(UserError, match=re.escape("config: eval.shots=5 + eval.queries: 7-way episodes, but offline")):
-        compose("medmfg", "eval.ways=7")
+    with pytest.raises(UserError, match=re.escape("config: eval.shots=5 + eval.queries: 29-way episodes, but offline")):
+        compose("medmfg", "eval.ways=29")
     with pytest.raises(UserError, match="33-way episodes, but offline source has 32 classes"):
         compose("medmfg", "generator.ways=33")
-    with pytest.raises(UserError, match="class 'microaneurysms' has 36 images, fewer than K\\+Q=65"):
+    with pytest.raises(UserError, match="class 'retina_r1c1' has 60 images, fewer than K\\+Q=65"):
         compose("medmfg", "eval.shots=[1,50]")
 
 
