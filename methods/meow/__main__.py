@@ -54,7 +54,7 @@ COMMANDS = {
         keys=("eval.run_logs", "eval.retain_log", "eval.max_rows"),
     ),
 }
-METHOD = Method("meow", MeowConfig, COMMANDS, table=Lazy("methods.meow.tofu_eval:table"))
+METHOD = Method("meow", MeowConfig, COMMANDS, table=Lazy("methods.meow.axes:table"))
 
 if __name__ == "__main__":
     main(METHOD)
