@@ -164,12 +164,14 @@ def loglikelihoods(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_siz
         for row, i in enumerate(chunk):
             n = len(encoded[i][0])
             ids[row, :n], mask[row, :n] = torch.tensor(encoded[i][0]), 1
-        logp = F.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         for row, i in enumerate(chunk):
             whole, k = encoded[i]
             n = len(whole)
+            # Only the positions predicting the continuation need the vocabulary's normalisation.
+            logp = F.log_softmax(logits[row, n - k - 1 : n - 1].float(), -1)
             targets = torch.tensor(whole[n - k :], device=device)
-            out[i] = float(logp[row, n - k - 1 : n - 1].gather(-1, targets[:, None]).sum())
+            out[i] = float(logp.gather(-1, targets[:, None]).sum())
     return out
 
 
