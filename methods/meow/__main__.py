@@ -32,18 +32,32 @@ COMMANDS = {
     ),
     "train": Command(
         Lazy("methods.meow.commands:train"),
-        "unlearn with MEOW (or a baseline via method=...) and evaluate on TOFU",
-        reads="every stage above (cached) and the retain reference",
-        writes="memo.json, selected.json, <method>/model, eval/<model>/, tofu_metrics.json",
-        keys=(*MODELS, "invert", "memo", "select", "loss", "trainer", "eval", "method", "compare", "save_models"),
+        "unlearn with MEOW (or a baseline via method=...) and evaluate on TOFU, NLU, NLG and robustness",
+        reads="every stage above (cached), the retain reference, the NLU / NLG sets",
+        writes="memo.json, selected.json, <method>/model, eval/<model>/, tofu_metrics.json (every axis)",
+        keys=(
+            *MODELS,
+            "invert",
+            "memo",
+            "select",
+            "loss",
+            "trainer",
+            "eval",
+            "nlu",
+            "nlg",
+            "mia",
+            "method",
+            "compare",
+            "save_models",
+        ),  # fmt: skip
         inputs=Lazy("methods.meow.commands:check_inputs"),
     ),
     "eval": Command(
         Lazy("methods.meow.commands:eval"),
-        "TOFU forget quality and model utility of a model (eval.model_path=...)",
-        reads="eval.model_path (or the fine-tuned target), the retain reference",
+        "TOFU forget quality and model utility, NLU, NLG and robustness of a model (eval.model_path=...)",
+        reads="eval.model_path (or the fine-tuned target), the retain reference, the NLU / NLG sets",
         writes="eval/ (TOFU logs)",
-        keys=(*MODELS, "eval"),
+        keys=(*MODELS, "eval", "nlu", "nlg", "mia"),
         inputs=Lazy("methods.meow.commands:check_inputs"),
     ),
     "score": Command(
@@ -54,7 +68,7 @@ COMMANDS = {
         keys=("eval.run_logs", "eval.retain_log", "eval.max_rows"),
     ),
 }
-METHOD = Method("meow", MeowConfig, COMMANDS, table=Lazy("methods.meow.tofu_eval:table"))
+METHOD = Method("meow", MeowConfig, COMMANDS, table=Lazy("methods.meow.axes:table"))
 
 if __name__ == "__main__":
     main(METHOD)

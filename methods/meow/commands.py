@@ -6,6 +6,7 @@ cluster use, and all of them share the stages' cached outputs.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from common.config import as_dict
@@ -13,12 +14,12 @@ from common.io import write_json
 from common.items import shard_items, shard_then_merge
 from common.loggers import make_logger
 from common.stages import timed
-from methods.meow import tofu_eval
+from methods.meow import axes, tofu_eval
 from methods.meow.config import MeowConfig
 from methods.meow.memo import answer_keys
 from methods.meow.pipeline import (
     eval_splits,
-    evaluate,
+    evaluate_model,
     finetuned_path,
     given_scored_rows,
     inverted_rows,
@@ -27,11 +28,13 @@ from methods.meow.pipeline import (
     memo_path,
     reference_forget_log,
     retain_logs,
+    retain_model,
     score,
     scored_rows,
     selection,
     source_of,
     unlearn,
+    unlearned_key,
 )
 
 
@@ -92,8 +95,10 @@ def train(cfg: MeowConfig, run_dir: Path) -> dict[str, float]:
     given = given_scored_rows(cfg, source) if uses_meow and cfg.memo.path else None
     selected = selection(cfg, *given) if given else None
     inverted = inverted_rows(cfg, source)[0] if uses_meow and given is None else None
-    retain = retain_logs(cfg, source, logger)
-    reference = reference_forget_log(cfg, retain)
+    axis_data = axes.inputs(cfg, source)
+    tofu = "tofu" in cfg.eval.axes
+    retain = retain_logs(cfg, source, logger) if tofu else None
+    reference = reference_forget_log(cfg, retain) if tofu else None
     target = finetuned_path(cfg, source, "target", logger)
     metrics: dict[str, float] = {}
     if uses_meow:
@@ -103,33 +108,39 @@ def train(cfg: MeowConfig, run_dir: Path) -> dict[str, float]:
         selected = selected or selection(cfg, scored, scored_path)
         write_json(run_dir / "selected.json", selected)
 
+    target_lm = lambda: load_lm(cfg, source, target)  # noqa: E731
+    run = partial(evaluate_model, cfg, source, reference=reference, axis_data=axis_data, featurizer=target_lm)
     results: dict[str, dict[str, float]] = {}
     with timed("evaluation of the fine-tuned model"):
-        model, tokenizer = load_lm(cfg, source, target)
-        results["finetuned"] = tofu_eval.aggregate(
-            evaluate(cfg, source, model, tokenizer, run_dir / "eval" / "finetuned"), reference
-        )
-    if retain is not None:
-        results["retain"] = tofu_eval.aggregate(retain, reference)
+        results["finetuned"] = run("finetuned", target, target_lm, out_dir=run_dir / "eval" / "finetuned")
+    retain_path = retain_model(cfg, source, logger)
+    if retain_path is not None:
+        # TOFU's metrics of the retain model come from its cached logs; the other axes are measured here.
+        results["retain"] = tofu_eval.aggregate(retain, reference) if retain is not None else {}
+        with timed("evaluation of the retain model"):
+            load = lambda: load_lm(cfg, source, retain_path)  # noqa: E731
+            results["retain"].update(axes.measure(cfg, axis_data, "retain", retain_path, load, target_lm))
     for method in methods:
         with timed(f"unlearning with {method} and evaluation"):
-            model, tokenizer = unlearn(cfg, method, source, target, selected, run_dir / method, logger)
-            results[method] = tofu_eval.aggregate(
-                evaluate(cfg, source, model, tokenizer, run_dir / "eval" / method), reference
-            )
+            lm = unlearn(cfg, method, source, target, selected, run_dir / method, logger)
+            key = unlearned_key(cfg, method, target)
+            results[method] = run(method, key, lambda lm=lm: lm, out_dir=run_dir / "eval" / method)
+    axes.add_privleak(results, cfg.mia.privleak_attack)
     logger.finish()
     write_json(run_dir / "tofu_metrics.json", results)
-    return {**metrics, **tofu_eval.flat(results)}
+    return {**metrics, **axes.flat(results)}
 
 
 def eval(cfg: MeowConfig, run_dir: Path) -> dict[str, float]:  # noqa: A001 - the command's name
     """TOFU metrics of eval.model_path (default: the fine-tuned target) against the retain reference."""
     source = source_of(cfg)
+    axis_data = axes.inputs(cfg, source)
     path = cfg.eval.model_path or finetuned_path(cfg, source, "target")
-    reference = reference_forget_log(cfg, retain_logs(cfg, source))
-    model, tokenizer = load_lm(cfg, source, path)
-    result = tofu_eval.aggregate(evaluate(cfg, source, model, tokenizer, run_dir / "eval"), reference)
-    print("\n" + tofu_eval.table(tofu_eval.flat({str(path): result})) + "\n")
+    reference = reference_forget_log(cfg, retain_logs(cfg, source)) if "tofu" in cfg.eval.axes else None
+    load = lambda: load_lm(cfg, source, path)  # noqa: E731
+    featurizer = lambda: load_lm(cfg, source, finetuned_path(cfg, source, "target"))  # noqa: E731
+    result = evaluate_model(cfg, source, "model", path, load, reference, axis_data, run_dir / "eval", featurizer)
+    print("\n" + axes.table(axes.flat({str(path): result})) + "\n")
     return result
 
 
@@ -167,6 +178,7 @@ def check_inputs(cfg: MeowConfig) -> None:
     for split in dict.fromkeys(splits):
         source.load(split)
     if command in ("train", "eval"):
+        axes.inputs(cfg, source)
         eval_splits(cfg, source)
         if e.retain_log:
             reference_forget_log(cfg, None)

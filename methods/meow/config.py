@@ -141,6 +141,9 @@ class LossConfig:
     kl_coeff: float = opt(1.0, "npo+kl: weight of the KL to the starting model", ge=0)
 
 
+AXES = ("tofu", "nlu", "nlg", "mia")  # what eval.axes chooses from
+
+
 @dataclass
 class EvalConfig:
     """TOFU evaluation: forget quality against a retain model, and model utility."""
@@ -165,6 +168,100 @@ class EvalConfig:
     model_path: Optional[str] = opt(
         None, "eval command: the model to evaluate; null: the fine-tuned target", exists=MODEL, key=False
     )
+    axes: List[str] = opt(list(AXES), "what eval and train measure: tofu, nlu, nlg, mia (robustness)", choices=AXES)
+
+
+NLU_TASKS = ("arc_challenge", "arc_easy", "piqa")
+
+
+@dataclass
+class NluConfig:
+    """NLU after unlearning: ARC-Challenge, ARC-Easy, PIQA (methods/meow/nlu.py)."""
+
+    source: str = opt(
+        "synthetic",
+        "synthetic (small generated sets in the published layouts), local (nlu.path) or hf (the hub datasets)",
+        choices=("synthetic", "local", "hf"),
+    )
+    path: Optional[str] = opt(
+        None, "source=local: a directory of <task>/<split>.{jsonl,json,parquet} in the datasets' layouts", exists=PATH
+    )
+    tasks: List[str] = opt(list(NLU_TASKS), "tasks scored", choices=NLU_TASKS)
+    split: str = opt("validation", "the split scored (MEOW: validation)")
+    fewshot_split: str = opt("train", "meow protocol: the split its 4 examples come from")
+    protocols: List[str] = opt(
+        ["meow", "loglik"],
+        "meow: MEOW's generation protocol; loglik: our batched log-likelihood multiple choice (lm-eval's prompts); "
+        "lm_eval: lm-evaluation-harness itself on the in-memory model",
+        choices=("meow", "loglik", "lm_eval"),
+    )
+    shots: int = opt(4, "meow protocol: few-shot examples per question", ge=0)
+    shot_seed: int = opt(42, "meow protocol: seed of the ARC examples' random.sample stream (MEOW: 42)")
+    max_new_tokens: int = opt(128, "meow protocol: greedy tokens generated per question", ge=1)
+    decode: str = opt(
+        "new_tokens",
+        "meow protocol: new_tokens (the continuation, special tokens skipped) or official (as MEOW: prompt and "
+        "continuation decoded with special tokens, prompt string deleted)",
+        choices=("new_tokens", "official"),
+    )
+    max_rows: Optional[int] = opt(None, "rows scored per task; null: all", ge=1)
+    batch_size: int = opt(16, "prompts generated or scored together", ge=1, key=False)
+
+    def check(self) -> None:
+        if self.source == "local" and not self.path:
+            raise UserError("config: nlu.source=local needs nlu.path (a directory of <task>/<split> files)")
+
+
+@dataclass
+class NlgConfig:
+    """NLG after unlearning: continuations of corpus texts scored by MAUVE, BLEU and Rep-3 (methods/meow/nlg.py)."""
+
+    source: str = opt(
+        "synthetic",
+        "synthetic (generated text in the cc_news/wikitext layout), local (nlg.files) or hf (the hub datasets)",
+        choices=("synthetic", "local", "hf"),
+    )
+    files: List[str] = opt([], "source=local: cc_news / wikitext files (jsonl, json or parquet with a 'text' field)")
+    n_texts: int = opt(5000, "texts sampled (MEOW: 5000)", ge=1)
+    min_chars: int = opt(100, "texts longer than this many characters are kept (MEOW: 100)", ge=0)
+    max_chars: int = opt(200, "... and shorter than this many (MEOW: 200)", ge=1)
+    sample_seed: int = opt(42, "seed of the random.sample of texts (MEOW: 42)")
+    prompt_tokens: int = opt(32, "the first tokens of each text given as the prompt (MEOW: 32)", ge=1)
+    featurizer: str = opt(
+        "self",
+        "MAUVE features: self (the evaluated model's last hidden state), target (the fine-tuned target's, the same "
+        "for every row) or a model name for mauve-text's own featurizer (e.g. gpt2-large, MAUVE's default)",
+    )
+    mauve_scaling_factor: float = opt(2.0, "MAUVE's scaling factor (MEOW: 2)", gt=0)
+    max_text_length: int = opt(256, "MAUVE: tokens of each text featurized (MEOW: 256)", ge=1)
+    batch_size: int = opt(32, "texts generated or featurized together", ge=1, key=False)
+
+    def check(self) -> None:
+        if self.source == "local" and not self.files:
+            raise UserError("config: nlg.source=local needs nlg.files (cc_news / wikitext files)")
+        if self.min_chars >= self.max_chars:
+            raise UserError(f"config: nlg.min_chars ({self.min_chars}) must be below nlg.max_chars ({self.max_chars})")
+
+
+@dataclass
+class MiaConfig:
+    """Robustness: membership inference of the forget split against TOFU's holdout, and extraction (mia.py)."""
+
+    attacks: List[str] = opt(
+        ["loss", "zlib", "min_k", "min_k++"],
+        "attacks run (open-unlearning's)",
+        choices=("loss", "zlib", "min_k", "min_k++"),
+    )
+    k: float = opt(
+        0.4, "min_k / min_k++: the fraction of lowest-scoring tokens averaged (open-unlearning: 0.4)", gt=0, le=1
+    )
+    holdout_split: Optional[str] = opt(None, "the non-member split; null: holdoutXX of forgetXX")
+    privleak_attack: str = opt("min_k", "the attack whose AUC privleak compares with the retain model's")
+    prefix_fraction: float = opt(
+        0.5, "extraction: the share of each forget question's words given as the prompt", gt=0, le=1
+    )
+    max_new_tokens: int = opt(64, "extraction: greedy tokens generated per prefix", ge=1)
+    batch_size: int = opt(32, "rows scored or generated together", ge=1, key=False)
 
 
 @dataclass
@@ -186,6 +283,9 @@ class MeowConfig(BaseConfig):
     loss: LossConfig = section(LossConfig, "unlearning objectives", trains=True)
     save_models: bool = opt(True, "save each unlearned model (safetensors) into the run dir", key=False)
     eval: EvalConfig = section(EvalConfig, "TOFU evaluation")
+    nlu: NluConfig = section(NluConfig, "NLU axis")
+    nlg: NlgConfig = section(NlgConfig, "NLG axis")
+    mia: MiaConfig = section(MiaConfig, "robustness axis: membership inference and extraction")
 
     def check(self) -> None:
         super().check()

@@ -28,9 +28,9 @@ from common.models import (
 )
 from common.registry import get
 from common.seeding import seeded
-from common.stages import run_stage, stage_path
+from common.stages import run_stage, shaping_settings, stage_path
 from common.trainer import Task, fit
-from methods.meow import tofu_eval
+from methods.meow import axes, tofu_eval
 from methods.meow.config import MeowConfig
 from methods.meow.data import IDK_ANSWERS, DataSource, corpus, data_source
 from methods.meow.invert import check_matches_forget, invert_rows
@@ -331,3 +331,46 @@ def reference_forget_log(cfg: MeowConfig, retain: dict[str, dict] | None) -> dic
         return tofu_eval.load_forget_log(cfg.eval.retain_log, cfg.eval.max_rows)
     assert retain is not None
     return retain["forget"]
+
+
+# ---------------------------------------------------------------- every axis of one model
+
+
+def unlearned_key(cfg: MeowConfig, method: str, target: str) -> list:
+    """What identifies an unlearned model: its target, method, the run's settings that shape training, the trainer's."""
+    return [target, method, shaping_settings(cfg), cfg.trainer, cfg.seed, cfg.invert.path, cfg.memo.path]
+
+
+def retain_model(cfg: MeowConfig, source: DataSource, logger: Logger | None = None) -> str | None:
+    """The retain model the axes measure (privleak's reference): ours, or finetune.retain; None when a TOFU retain
+    log stands in for it and no retain model is given."""
+    if cfg.eval.retain_log and not cfg.finetune.retain:
+        return None
+    return finetuned_path(cfg, source, "retain", logger)
+
+
+def evaluate_model(
+    cfg: MeowConfig,
+    source: DataSource,
+    name: str,
+    key,
+    load,
+    reference: dict | None,
+    axis_data: dict,
+    out_dir: Path | None = None,
+    featurizer=None,
+) -> dict[str, float]:
+    """Every axis of eval.axes for one model: TOFU's metrics (its logs into out_dir) against `reference`, then the
+    cached NLU / NLG / robustness stages (methods/meow/axes.py). `load` gives (model, tokenizer) when needed."""
+    loaded: list = []
+
+    def model():
+        if not loaded:
+            loaded.extend(load())
+        return loaded
+
+    out: dict[str, float] = {}
+    if "tofu" in cfg.eval.axes:
+        out.update(tofu_eval.aggregate(evaluate(cfg, source, *model(), out_dir), reference))
+    out.update(axes.measure(cfg, axis_data, name, key, model, featurizer))
+    return out
