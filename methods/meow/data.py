@@ -378,7 +378,10 @@ def data_source(cfg: DataConfig, seed: int, cache_dir: str | Path) -> DataSource
 def corpus(source: DataSource) -> list[str]:
     """Text for training a tiny model's tokenizer: every question and answer it will see."""
     texts = []
-    for split in ("full", "real_authors_perturbed", "world_facts_perturbed", "retain_perturbed", "forget10_perturbed"):
+    # The holdout authors too: a tokenizer that knows the forget authors' names but not theirs gives them more, rarer
+    # tokens, and membership inference of forget vs holdout would then separate them by tokenization alone.
+    splits = ("full", "real_authors_perturbed", "world_facts_perturbed", "retain_perturbed", "forget10_perturbed")
+    for split in (*splits, "holdout10"):
         for r in source.load(split):
             # Both prompt templates, so their tags become few tokens whichever family is used.
             texts += [f"[INST] {r['question']} [/INST]", f"Question: {r['question']}\nAnswer: "]

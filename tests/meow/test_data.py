@@ -9,7 +9,7 @@ import pytest
 
 from common.errors import UserError
 from methods.meow.config import DataConfig
-from methods.meow.data import DataSource, generate, invert_by_template, synthetic_dir
+from methods.meow.data import DataSource, corpus, generate, invert_by_template, synthetic_dir
 
 SIZES = DataConfig(n_authors=10, qa_per_author=10, n_general=8)
 
@@ -46,6 +46,15 @@ def test_general_sets_too_small_for_three_wrong_answers_are_refused_at_compose()
     with pytest.raises(UserError, match=r"data.n_general=2"):
         compose("meow", "data.n_general=2")
     assert all(len(r["perturbed_answer"]) == 3 for r in generate(DataConfig(n_general=4), 0)["world_facts_perturbed"])
+
+
+def test_the_tiny_tokenizer_sees_the_holdout_authors_as_well_as_the_forget_authors(tmp_path):
+    """Trained without them, it split holdout names into rarer tokens and membership inference told forget from
+    holdout by tokenization alone (the retain model's AUC 0.99 in the demo)."""
+    source = DataSource("local", synthetic_dir(SIZES, 3, tmp_path))
+    text = set(corpus(source))
+    for split in ("forget10", "holdout10"):
+        assert all(r["answer"] in text for r in source.load(split))
 
 
 def test_template_inversion_changes_facts_not_the_subject():
