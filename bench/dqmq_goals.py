@@ -109,7 +109,10 @@ def paired(dirs: dict[int, Path], a: str = "dqmq", b: str = "static", b_dirs: di
     for seed, run in dirs.items():
         rows = json.loads((run / "levels.json").read_text())[a]
         if b_dirs is not dirs and (seed not in b_dirs or _data(run) != _data(b_dirs[seed])):
-            print(f"{run}: no --run-dir run of seed {seed} with the same data, so nothing to pair it with", file=sys.stderr)
+            print(
+                f"{run}: no --run-dir run of seed {seed} with the same data, so nothing to pair it with",
+                file=sys.stderr,
+            )
             raise SystemExit(2)
         with np.load(run / "correct.npz") as ca, np.load(b_dirs[seed] / "correct.npz") as cb:
             loaded[seed] = (rows, ca[a], cb[b])
