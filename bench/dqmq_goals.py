@@ -18,6 +18,8 @@ cores are printed before and after, so that a busy machine cannot pass for a fas
 Usage: python bench/dqmq_goals.py [--seeds 0,1,2] [--repeats 9] [--resnet20] [override ...]   (trains the default once
        per seed first; the goals of every seed, then their mean and range, and the paired DQMQ - static interval)
        python bench/dqmq_goals.py --run-dir <run of seed 0> <run of seed 1> ...     (finished runs' goals)
+       python bench/dqmq_goals.py --run-dir <runs> --ablation <runs of the same seeds, one setting changed>
+                                  (DQMQ with the setting minus without, paired, e.g. quant.bit_bn=true)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -95,15 +98,24 @@ def benchmark_checks(runs: dict[int, dict[str, float]]) -> None:
         print(line)
 
 
-def paired(dirs: dict[int, Path], a: str = "dqmq", b: str = "static") -> None:
+def paired(dirs: dict[int, Path], a: str = "dqmq", b: str = "static", b_dirs: dict[int, Path] | None = None) -> None:
     """a - b on the same test images (per seed: same split, levels and noise draws), clean, corrupted, heavy: the
-    mean over seeds and its paired bootstrap interval (images resampled within each seed), and every seed's value."""
-    print(f"\n## {a} - {b}, paired on the same test images, points (95% bootstrap interval over images)")
+    mean over seeds and its paired bootstrap interval (images resampled within each seed), and every seed's value.
+    With `b_dirs`, b is read from those runs (same seeds and data: an ablation of a setting)."""
+    name = f"{a} - {b}" if b_dirs is None else f"{a} of the --ablation runs - {b} of the --run-dir runs"
+    b_dirs = b_dirs or dirs
+    print(f"\n## {name}, paired on the same test images, points (95% bootstrap interval over images)")
     loaded = {}
     for seed, run in dirs.items():
         rows = json.loads((run / "levels.json").read_text())[a]
-        with np.load(run / "correct.npz") as c:
-            loaded[seed] = (rows, c[a], c[b])
+        if b_dirs is not dirs and (seed not in b_dirs or _data(run) != _data(b_dirs[seed])):
+            print(
+                f"{run}: no --run-dir run of seed {seed} with the same data, so nothing to pair it with",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        with np.load(run / "correct.npz") as ca, np.load(b_dirs[seed] / "correct.npz") as cb:
+            loaded[seed] = (rows, ca[a], cb[b])
     heavy = compose("dqmq").data.heavy_severity
     groups = {
         "clean": lambda r: r["corruption"] == "clean",
@@ -121,6 +133,11 @@ def paired(dirs: dict[int, Path], a: str = "dqmq", b: str = "static") -> None:
         print(
             f"  {group:22s}: {100 * p.mean:+.2f} [{100 * p.low:+.2f}, {100 * p.high:+.2f}] ({above}); per seed {listed}"
         )
+
+
+def _data(run: Path) -> tuple:
+    config = json.loads((run / "results.json").read_text())["config"]
+    return config["seed"], config["data"]
 
 
 def step_seconds(model: torch.nn.Module, loss, batch: dict, opt: torch.optim.Optimizer, calls: int | None) -> float:
@@ -282,6 +299,9 @@ def main() -> None:
     parser.add_argument("--no-step-time", action="store_true", help="skip the training step timing")
     parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime latency of the exports")
     parser.add_argument("--resnet20", action="store_true", help="also time ResNet-20 at 32 px (CIFAR shapes)")
+    parser.add_argument(
+        "--ablation", type=Path, nargs="+", help="runs of a changed setting, one per seed: their DQMQ - --run-dir's"
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides (as for python -m methods.dqmq train)")
     args = parser.parse_args()
     print(f"before: {load()}; torch {torch.__version__}")
@@ -291,6 +311,10 @@ def main() -> None:
         results = json.loads((run / "results.json").read_text())
         seed = results["config"]["seed"]
         runs[seed], dirs[seed] = results["metrics"], run
+    if args.ablation:  # only the paired difference of DQMQ with the setting changed, against the same seeds' runs
+        changed = {json.loads((r / "results.json").read_text())["config"]["seed"]: r for r in args.ablation}
+        paired(changed, "dqmq", "dqmq", b_dirs=dirs)
+        return
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [compose("dqmq", *args.overrides).seed]
     for seed in [] if args.run_dir else seeds:
         overrides = [*args.overrides, f"seed={seed}"]

@@ -12,6 +12,7 @@ from torch import nn
 
 from common.registry import create, register
 from methods.dqmq import nets  # noqa: F401 - registers the networks
+from methods.dqmq.bit_bn import swap_batchnorm
 from methods.dqmq.policy import BitPolicy, RewardModel
 from methods.dqmq.quant import quant_layers, set_bits, swap_layers
 
@@ -33,6 +34,7 @@ class QuantModel(nn.Module):
         pretrained: bool = False,
         policy_hidden: int = 32,
         reward_hidden: int = 64,
+        bit_bn: bool = False,
     ):
         super().__init__()
         self.method = method
@@ -51,6 +53,8 @@ class QuantModel(nn.Module):
         self.register_buffer("candidates", torch.tensor(candidates, dtype=torch.long))
         self.register_buffer("macs", self._count_macs(in_chans, image_size))
         self.register_buffer("w8a8_bitops", self.macs.sum() * 64)
+        if bit_bn:  # each BatchNorm after a quantized layer: one per bit pair of that layer (bit_bn.py)
+            swap_batchnorm(self.net, lambda: self._count_macs(in_chans, image_size))
         # The constant configuration (candidate indices [L, 2]): fixed's only one, static's after its search.
         self.register_buffer("choice", torch.full((n, 2), k - 1, dtype=torch.long))
         if method == "dqmq":

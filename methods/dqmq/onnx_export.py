@@ -30,11 +30,13 @@ from torch import nn
 
 from common.errors import UserError
 from common.io import write_json
+from methods.dqmq.bit_bn import BitBatchNorm2d
 from methods.dqmq.model import QuantModel
 from methods.dqmq.nets import BasicBlock
 from methods.dqmq.quant import _positive, levels, lsq
 
 OPSET = 21
+_BN = (nn.BatchNorm2d, BitBatchNorm2d)
 
 
 def _int_type(bits: int, signed: bool):
@@ -112,10 +114,14 @@ def _bn_factors(bn: nn.BatchNorm2d | None, out: int) -> tuple[np.ndarray, np.nda
     return factor, (bn.bias.detach().double() - bn.running_mean.double() * torch.from_numpy(factor)).numpy()
 
 
-def _layer(g: _Graph, x: str, layer: nn.Module, bn: nn.BatchNorm2d | None, bits: dict | None) -> str:
+def _layer(g: _Graph, x: str, layer: nn.Module, bn: nn.Module | None, bits: dict | None) -> str:
     """A Conv2d (with the BatchNorm after it folded in) or Linear: QDQ at its configured bits, or float (bits None)."""
     conv = isinstance(layer, nn.Conv2d)
     out_ch = layer.weight.shape[0]
+    if isinstance(bn, BitBatchNorm2d):  # bit-specific BatchNorm: the configured pair's is folded
+        if bits is None:
+            raise UserError("export: a model with quant.bit_bn has no float graph (its BatchNorm depends on the bits)")
+        bn = bn.pair(int(bits["w"][bits["index"]]), int(bits["a"][bits["index"]]))
     factor, shift = _bn_factors(bn, out_ch)
     bias = shift + (factor * layer.bias.detach().double().numpy() if layer.bias is not None else 0.0)
     attrs = (
@@ -166,7 +172,7 @@ def _emit(g: _Graph, x: str, module: nn.Module, bits: dict | None) -> str:
         while i < len(children):
             child = children[i]
             if isinstance(child, (nn.Conv2d, nn.Linear)):
-                bn = children[i + 1] if i + 1 < len(children) and isinstance(children[i + 1], nn.BatchNorm2d) else None
+                bn = children[i + 1] if i + 1 < len(children) and isinstance(children[i + 1], _BN) else None
                 x = _layer(g, x, child, bn, bits)
                 i += 2 if bn is not None else 1
             else:

@@ -82,6 +82,7 @@ def model_kwargs(cfg: DQMQConfig, name: str, images: dq.Images) -> dict:
         pretrained=False,  # only the full-precision network starts from hub weights; the others load its weights
         policy_hidden=cfg.policy.hidden,
         reward_hidden=cfg.policy.reward_hidden,
+        bit_bn=cfg.quant.bit_bn,
     )
 
 

@@ -16,7 +16,7 @@ def run_cli(*args: str, timeout: int = 600, cwd: Path = REPO) -> subprocess.Comp
     return run_method("dqmq", *args, cwd=cwd, timeout=timeout)
 
 
-def tiny_model(method: str = "dqmq", candidates: list[int] | None = None, seed: int = 0):
+def tiny_model(method: str = "dqmq", candidates: list[int] | None = None, seed: int = 0, bit_bn: bool = False):
     """A width-4 digits CNN on 12-px single-channel images, its LSQ steps set from one batch."""
     from methods.dqmq.model import QuantModel
 
@@ -31,6 +31,7 @@ def tiny_model(method: str = "dqmq", candidates: list[int] | None = None, seed: 
         mean=[0.3],
         std=[0.3],
         width=4,
+        bit_bn=bit_bn,
     )
     x = torch.rand(16, 1, 12, 12)
     if method != "fp":
