@@ -24,6 +24,7 @@ from common.dist import export_slurm_distributed_env, hold_run_dir, is_main_proc
 from common.errors import UserError
 from common.io import WRITE_ERRNOS, write_error
 from common.items import ItemsFailed
+from common.loggers import quiet_library_bars
 from common.results import write_results
 from common.stages import running
 
@@ -209,6 +210,7 @@ def main(method: Method, argv: list[str] | None = None, conf_dir: str = CONF_DIR
         sys.exit(0)
     flags = ["--help" if f == "--hydra-help" else f for f in flags]
     overrides.append(f"command={name}")
+    quiet_library_bars()
     if not flags:  # a sweep (-m) or --cfg/--info run is not one job: its jobs validate themselves
         _precheck(method, overrides, conf_dir)
     from hydra.core.config_store import ConfigStore

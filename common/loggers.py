@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import sys
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,6 +15,13 @@ from common.dist import is_main_process
 def show_progress(setting: bool | None) -> bool:
     """A progress bar's setting: null means on where a person watches (stderr is a terminal), off in a job's log."""
     return sys.stderr.isatty() if setting is None else setting
+
+
+def quiet_library_bars() -> None:
+    """The libraries' own bars (transformers loading and writing weights, hub downloads) follow the same rule in a
+    job's log: none. Called before they are imported, as huggingface_hub reads the variable once at import."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 class Logger(Protocol):

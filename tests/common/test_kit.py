@@ -218,3 +218,20 @@ def test_progress_bars_follow_the_terminal_unless_set(monkeypatch):
     for tty in (True, False):
         monkeypatch.setattr(sys.stderr, "isatty", lambda tty=tty: tty)
         assert show_progress(None) is tty and show_progress(True) and not show_progress(False)
+
+
+def test_the_libraries_bars_are_off_in_a_jobs_log():
+    """transformers' 'Loading weights' / 'Writing model shards' bars filled job logs although ours were off there."""
+    probe = (
+        "import sys\n"
+        "if sys.argv[1] == 'quiet':\n"
+        "    from common.loggers import quiet_library_bars; quiet_library_bars()\n"
+        "from transformers.utils import logging\n"
+        "print(logging.is_progress_bar_enabled())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    for mode, expected in (("quiet", "False"), ("as-is", "True")):
+        out = subprocess.run(
+            [sys.executable, "-c", probe, mode], capture_output=True, text=True, env=env, timeout=120, check=True
+        )
+        assert out.stdout.strip() == expected
