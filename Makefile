@@ -16,8 +16,10 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(PY) -m common.demo $(M)
 
+# One pytest worker per core, a test file per worker (its module fixtures built once, its fixed torchrun port used by
+# one worker at a time), one thread each: two workers of two threads on two cores stall at OpenMP barriers.
 test: install lint
-	$(VENV)/bin/pytest -q
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -n auto --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check .
