@@ -72,7 +72,9 @@ class NetConfig:
 class QuantConfig:
     bits: List[int] = opt([2, 3, 4, 6, 8], "candidate bit-widths of weights and activations (1-16)", ge=1, le=16)
     bit_bn: bool = opt(
-        False, "one BatchNorm (statistics, affine) per weight/activation bit pair of the layer before it", trains=True
+        True,
+        "DQMQ: one BatchNorm (statistics, affine) per weight/activation bit pair of the layer before it",
+        trains=True,
     )
 
     def check(self) -> None:

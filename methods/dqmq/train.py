@@ -82,7 +82,9 @@ def model_kwargs(cfg: DQMQConfig, name: str, images: dq.Images) -> dict:
         pretrained=False,  # only the full-precision network starts from hub weights; the others load its weights
         policy_hidden=cfg.policy.hidden,
         reward_hidden=cfg.policy.reward_hidden,
-        bit_bn=cfg.quant.bit_bn,
+        # Only DQMQ switches bits per input; fixed and static run one configuration, and their BatchNorm is trained
+        # at it (static's search would give only its current argmax pair's BatchNorm the batch).
+        bit_bn=cfg.quant.bit_bn and method == "dqmq",
     )
 
 
@@ -97,7 +99,8 @@ def total_calls(n: int, t) -> int:
 
 def pretrained_fp(cfg: DQMQConfig, s: Setup, run_dir: Path, logger) -> Path:
     """The full-precision network (a cached stage): the fp row and every quantized method's starting point."""
-    path = stage_path(cfg.cache_dir, "dqmq/fp", cfg.data, cfg.net, cfg.pretrain, cfg.seed)
+    corruptions = dq.severity_key(cfg.data.corruptions)
+    path = stage_path(cfg.cache_dir, "dqmq/fp", cfg.data, corruptions, cfg.net, cfg.pretrain, cfg.seed)
     kwargs = model_kwargs(cfg, "fp", s.images)
     work = path.with_name(f"{path.name}.work")
 
