@@ -241,13 +241,16 @@ def cached_features(cfg: MedMFGConfig, logger: Logger | None = None, train: bool
     error instead of a pretraining run."""
     from safetensors.torch import load_file, save_file
 
-    source, target = (
+    pretraining, source, target = (
+        load_domain(cfg.data.source, "pretrain", cfg.data.source_layout),
         load_domain(cfg.data.source, "source", cfg.data.source_layout),
         load_domain(cfg.data.target, "target", cfg.data.target_layout),
     )
-    if not train and not backbone_path(cfg, source).exists():
-        raise UserError(f"no backbone trained with these settings ({backbone_path(cfg, source)}); run `train` first")
-    backbone_dir = pretrained_backbone(cfg, source, logger)
+    if not train and not backbone_path(cfg, pretraining).exists():
+        raise UserError(
+            f"no backbone trained with these settings ({backbone_path(cfg, pretraining)}); run `train` first"
+        )
+    backbone_dir = pretrained_backbone(cfg, pretraining, logger)
     path = stage_path(cfg.cache_dir, "medmfg/features", backbone_dir.name, _domain_key(cfg.data.target, target))
 
     def write(tmp: Path) -> None:
@@ -273,6 +276,6 @@ def cached_features(cfg: MedMFGConfig, logger: Logger | None = None, train: bool
 
 def source_accuracy(cfg: MedMFGConfig) -> dict[str, float]:
     """The held-out source accuracy recorded with the trained backbone."""
-    return read_meta(backbone_path(cfg, load_domain(cfg.data.source, "source", cfg.data.source_layout))).get(
+    return read_meta(backbone_path(cfg, load_domain(cfg.data.source, "pretrain", cfg.data.source_layout))).get(
         "metrics", {}
     )

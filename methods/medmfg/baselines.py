@@ -15,8 +15,8 @@ MedMFG alone ("medmfg", methods/medmfg/generator.py: a classifier on the re-repr
 features) and plugged into three baselines ("fusion"), reported both ways:
 
 * protonet+medmfg: class means of the re-represented support and generated features, nearest of them;
-* logreg+medmfg: logistic regression on the re-represented support and generated features (in 1-shot the same as
-  medmfg, in K-shot it keeps every support feature instead of their mean);
+* logreg+medmfg: logistic regression on the re-represented support and M/K features generated from each support
+  feature (in 1-shot the same as medmfg; in K-shot it keeps every support feature and its own draws);
 * dc+medmfg: logistic regression on the support, DC's calibrated samples and MedMFG's generated features, all
   re-represented.
 """
@@ -164,12 +164,16 @@ def protonet_medmfg(support: torch.Tensor, query: torch.Tensor, ctx: Context) ->
 
 @register("medmfg.method", "logreg+medmfg")
 def logreg_medmfg(support: torch.Tensor, query: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """M/K features generated from each support feature (each one a 1-shot prototype, as DC calibrates each), so
+    that in K-shot the fusion keeps the support's own spread instead of drowning it in draws around their mean
+    (measured, 5-shot, 300 episodes: -0.98 against -4.92 from the mean, paired with logreg; README)."""
     e, n, k, _ = support.shape
     s = tukey(support, ctx.beta)
-    w, fake = ctx.model.generate(s.mean(2), ctx.samples, ctx.generator)
-    w = w.unsqueeze(1)
+    _, fake = ctx.model.generate(s.transpose(1, 2), max(1, ctx.samples // k), ctx.generator)  # [E, K, N, M/K, d]
+    fake = fake.transpose(1, 2).flatten(2, 3)
+    w = ctx.model.weights(s.mean(2)).unsqueeze(1)  # one weighting per episode, from its prototypes
     x = torch.cat([s.flatten(1, 2), fake.flatten(1, 2)], 1) * w
-    y = torch.cat([_labels(e, n, k), _labels(e, n, ctx.samples)], 1)
+    y = torch.cat([_labels(e, n, k), _labels(e, n, fake.shape[2])], 1)
     return fit_predict(x, y, tukey(query, ctx.beta) * w, n, ctx.c, ctx.iters)
 
 

@@ -34,7 +34,7 @@ def pretrain(cfg: MedMFGConfig, run_dir: Path) -> dict[str, float]:
     _threads(cfg)
     logger = make_logger(cfg.logger, run_dir)
     pretrained_backbone(
-        cfg, load_domain(cfg.data.source, "source", cfg.data.source_layout), Prefixed(logger, "pretrain")
+        cfg, load_domain(cfg.data.source, "pretrain", cfg.data.source_layout), Prefixed(logger, "pretrain")
     )
     logger.finish()
     return {f"pretrain/{k}": v for k, v in source_accuracy(cfg).items()}
