@@ -12,11 +12,15 @@ Oracles, beside the table: a logistic regression on each prototype plus M draws 
 class spreads could add) and from N(the class's mean, its covariance) (what one that also knows where the class lies
 could add). ProtoNet's distance to them is the room the task leaves.
 
+`--spread` adds rows with one covariance shared by every class, pooled within-class over the source (as a correlated
+decoder noise learned there could carry) or over the target (an upper bound), around the prototype or around MedMFG's
+learned offset: whether the decoder's diagonal noise is what holds generation back.
+
 Time: generating M features per class for an episode, MedMFG's decoder against DC's calibrated Gaussians with the same
 M (goal: MedMFG <= 2x DC), in interleaved repeats (the order alternates), median and spread of the per-repeat ratios,
 with the load average before and after. ms per episode of every method (generation + classifier) is in the table.
 
-Usage: python bench/medmfg_episodes.py [--episodes 600] [--repeats 5] [hydra overrides of conf/medmfg.yaml ...]
+Usage: python bench/medmfg_episodes.py [--episodes 600] [--repeats 5] [--spread] [hydra overrides of conf/medmfg.yaml ...]
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from methods.medmfg.classifier import fit_predict
 from methods.medmfg.commands import generator_stage
 from methods.medmfg.config import ABLATIONS, METHODS
 from methods.medmfg.episodes import mean_ci, paired_ci, sample_episodes
-from methods.medmfg.generator import tukey
+from methods.medmfg.generator import Parts, tukey
 
 FREE_LUNCH = 750
 PAIRS = [  # (a, b): a - b, paired on the same episodes
@@ -81,6 +85,57 @@ def oracles(features, cfg, episodes) -> dict[str, float]:
     return out
 
 
+def pooled_covariance(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Within-class covariance pooled over classes (float64)."""
+    classes = labels.unique(sorted=True)
+    means = torch.stack([x[labels == c].mean(0) for c in classes])
+    r = (x - means[torch.searchsorted(classes, labels)]).double()
+    return r.T @ r / (len(x) - len(classes))
+
+
+def rank_plus_diagonal(cov: torch.Tensor, rank: int) -> torch.Tensor:
+    """The top `rank` eigen-directions of cov, and the rest of its variance on the diagonal."""
+    values, vectors = torch.linalg.eigh(cov)
+    low = vectors[:, -rank:] * values[-rank:].clamp_min(0).sqrt()
+    return low @ low.T + torch.diag((cov.diagonal() - (low**2).sum(1)).clamp_min(1e-8))
+
+
+def shared_spread(features, ctx, cfg, episodes) -> dict[str, np.ndarray]:
+    """Per-episode accuracy of logistic regression on the re-weighted prototypes + M draws per class from one
+    covariance shared by every class, around the prototype or around MedMFG's learned offset (its noise replaced):
+    whether a correlated decoder noise learned on the source could add what the diagonal one does not."""
+    beta, m = cfg.tukey_beta, ctx.samples
+    source, target = tukey(features.source, beta), tukey(features.target, beta)
+    cov_source = pooled_covariance(source, features.source_labels)
+    covs = {
+        "source": cov_source,
+        "source rank 8 + diagonal": rank_plus_diagonal(cov_source, 8),
+        "source diagonal": torch.diag(cov_source.diagonal()),
+        "target (upper bound)": pooled_covariance(target, features.target_labels),
+    }
+    support = torch.stack([target[torch.from_numpy(ep.support)] for ep in episodes])
+    query = torch.stack([target[torch.from_numpy(ep.query.flatten())] for ep in episodes])
+    e, n, _, d = support.shape
+    prototypes = support.mean(2)
+    y = torch.cat([torch.arange(n), torch.arange(n).repeat_interleave(m)]).expand(e, -1)
+    truth = torch.arange(n).repeat_interleave(episodes[0].query.shape[1])
+    with torch.no_grad():
+        w, offset = ctx.model.generate(prototypes, m, torch.Generator().manual_seed(cfg.seed), Parts(noise=False))
+    w = w.unsqueeze(1)
+    out = {}
+    for name, cov in covs.items():
+        factor = torch.linalg.cholesky(cov + 1e-6 * cov.diagonal().mean() * torch.eye(d, dtype=cov.dtype)).float()
+        noise = torch.randn(e, n, m, d, generator=torch.Generator().manual_seed(cfg.seed)) @ factor.T
+        centres = [("prototype", prototypes.unsqueeze(2))]
+        if name != "source diagonal":
+            centres.append(("MedMFG's offset", offset))
+        for centre_name, centre in centres:
+            train = torch.cat([prototypes, (centre + noise).flatten(1, 2)], 1)
+            pred = fit_predict(train * w, y, query * w, n, cfg.eval.logreg_c, cfg.eval.logreg_iters)
+            out[f"{centre_name} + N(0, {name} cov.)"] = (pred == truth).float().mean(1).numpy()
+    return out
+
+
 def generation_times(ctx, support: torch.Tensor, repeats: int) -> list[float]:
     """Seconds to generate M features per class for a chunk of episodes, MedMFG / DC at the same M, per repeat."""
     same = dataclasses.replace(ctx, dc_samples=ctx.samples * support.shape[2], _factors=ctx._factors)
@@ -114,6 +169,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--spread", action="store_true", help="also the shared-covariance rows (pooled source, target)")
     parser.add_argument("overrides", nargs="*", help="hydra overrides of conf/medmfg.yaml")
     args = parser.parse_args()
     print(f"before: {load()}; torch {torch.__version__}")
@@ -138,6 +194,11 @@ def main() -> None:
         for name, acc in oracles(features, cfg, episodes).items():
             gap = acc - 100 * scores["protonet"].accuracy.mean()
             print(f"  {name:<44} {acc:6.2f}  ({gap:+.2f} over protonet)")
+        if args.spread:
+            print("  one covariance shared by every class (pooled within-class), paired with medmfg:prototypes:")
+            for name, acc in shared_spread(features, ctx, cfg, episodes).items():
+                mean, ci = paired_ci(acc, scores["medmfg:prototypes"].accuracy)
+                print(f"    {name:<52} {100 * acc.mean():6.2f}   {100 * mean:+6.2f} ± {100 * ci:.2f}")
         report(scores, shots)
         support = features.target[torch.from_numpy(np.stack([ep.support for ep in episodes[:50]]))]
         print(
