@@ -44,8 +44,8 @@ def test_offline_domains():
     # The counts a config is checked with (no domain built) are the built domains', class order included.
     for counts, domain in ((OFFLINE_COUNTS["source"], source), (OFFLINE_COUNTS["target"], target)):
         assert list(counts.items()) == list(domain.counts().items())
-    # The backbone's pretraining images are the source's, re-oriented alike, without the sensor noise: the difference
-    # of neighbouring pixels, which the noise makes large, is larger in the source (measured: 20.7 against 3.5).
+    # The backbone's pretraining images are the source's (each re-oriented by its own draw), without the sensor noise:
+    # the difference of neighbouring pixels, which the noise makes large, is larger in the source (20.7 against 3.5).
     clean = offline_source(acquired=False)
     assert clean.counts() == source.counts() and all(a.shape == b.shape for a, b in zip(clean.arrays, source.arrays))
 
