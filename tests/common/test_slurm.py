@@ -17,6 +17,8 @@ import pytest
 from tests.common.test_cli import REPO, toy, toy_conf  # noqa: F401 - toy_conf is a fixture
 
 CLUSTER = REPO / ".ci" / "slurm-cluster"
+# A job the cluster cannot place stays pending for ever: fail the test instead of hanging the suite.
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
