@@ -23,13 +23,14 @@ from torchvision.transforms.v2 import functional as TF
 from common.errors import UserError
 
 CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "jpeg", "downsample", "contrast")
-# Our severity scales (the paper's are not known). Noise: ImageNet-C's sigmas on [0, 1] pixels. Blur: sigma in pixels.
+# Our severity scales (the paper's are not known). Noise: sigma on [0, 1] pixels. Blur: sigma in pixels.
 # JPEG: quality (ImageNet-C's, the mildest raised from 25). Downsampling: the factor of a down-then-up resize.
 # Contrast: ImageNet-C's factors c, pixels pulled to the image's mean, (x - mean) c + mean: the corruption that low
 # activation bits cannot resolve (at c = 0.05 a digit spans 13 of 256 grey levels, under one 4-bit step).
-# Noise and blur reach further than ImageNet-C's digits-scale equivalents: with (0.08 .. 0.38) and (0.5 .. 2.0) the
-# corrupted levels were 4.7-5.7 points below clean at full precision (blur-5 still at 0.95), too close to tell a
-# quality-aware allocation from a quality-blind one. The table is part of every stage key (`severity_key`).
+# Noise and blur reach further than our first tables, ImageNet-C's noise sigmas (0.08 .. 0.38) and blur 0.5 .. 2.0 px:
+# with those the corrupted levels were 4.7-5.7 points below clean at full precision (blur-5 still at 0.95), too
+# close to tell a quality-aware allocation from a quality-blind one. The table is part of every stage key
+# (`severity_key`).
 SEVERITY = {
     "gaussian_noise": (0.12, 0.18, 0.26, 0.36, 0.5),
     "gaussian_blur": (0.8, 1.2, 1.6, 2.2, 3.0),
