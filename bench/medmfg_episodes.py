@@ -41,7 +41,7 @@ from methods.medmfg.classifier import fit_predict
 from methods.medmfg.commands import generator_stage
 from methods.medmfg.config import ABLATIONS, METHODS
 from methods.medmfg.episodes import mean_ci, paired_ci, sample_episodes
-from methods.medmfg.generator import Parts, tukey
+from methods.medmfg.generator import Parts, tukey, within_class_residuals
 
 FREE_LUNCH = 750
 PAIRS = [  # (a, b): a - b, paired on the same episodes
@@ -87,10 +87,8 @@ def oracles(features, cfg, episodes) -> dict[str, float]:
 
 def pooled_covariance(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Within-class covariance pooled over classes (float64)."""
-    classes = labels.unique(sorted=True)
-    means = torch.stack([x[labels == c].mean(0) for c in classes])
-    r = (x - means[torch.searchsorted(classes, labels)]).double()
-    return r.T @ r / (len(x) - len(classes))
+    r = within_class_residuals(x, labels).double()
+    return r.T @ r / (len(x) - len(labels.unique()))
 
 
 def rank_plus_diagonal(cov: torch.Tensor, rank: int) -> torch.Tensor:

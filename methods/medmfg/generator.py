@@ -248,11 +248,16 @@ def generator_loss(weights: dict[str, float]) -> Callable:
     return loss
 
 
+def within_class_residuals(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each feature minus its class mean."""
+    classes = labels.unique(sorted=True)
+    means = torch.stack([features[labels == c].mean(0) for c in classes])
+    return features - means[torch.searchsorted(classes, labels)]
+
+
 def within_class_variance(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-dimension variance of the features around their class means, pooled over classes."""
-    means = torch.stack([features[labels == c].mean(0) for c in labels.unique(sorted=True)])
-    residual = features - means[torch.searchsorted(labels.unique(sorted=True), labels)]
-    return residual.pow(2).mean(0).clamp_min(1e-6)
+    return within_class_residuals(features, labels).pow(2).mean(0).clamp_min(1e-6)
 
 
 def train_generator(
